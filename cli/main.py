@@ -1,0 +1,29 @@
+"""The `cxr-edge` command-line program: one sub-command per stage.
+
+Commands are thin: parse, build the config, call the library, print. User errors (bad data, a
+missing run, an unknown backbone) print one clear message and exit with status 2; set
+CXR_EDGE_DEBUG=1 to see the traceback as well.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from cli import data_cmd, train_cmd
+
+app = typer.Typer(
+    name="cxr-edge",
+    help="Chest X-ray pneumonia classifiers from training to the edge: data, train, evaluate, export, bench.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+app.add_typer(data_cmd.app, name="data")
+app.command("train")(train_cmd.train)
+app.command("train-all")(train_cmd.train_all)
+app.command("evaluate")(train_cmd.evaluate)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,142 @@
+"""`cxr-edge train`, `train-all` and `evaluate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from cli.common import Data, Progress, Ratios, SkipBad, SplitMethod, SplitSeed, SynthN, console, friendly, out, \
+    parse_ratios
+
+Out = Annotated[Path, typer.Option("--out", "-o", help="Folder of run folders; each backbone writes <out>/<backbone>/.")]
+Size = Annotated[int, typer.Option("--size", help="Input size in pixels (square). 224 matches ImageNet weights.")]
+Epochs = Annotated[int, typer.Option("--epochs", help="Maximum epochs.")]
+Batch = Annotated[int, typer.Option("--batch-size", help="Images per step.")]
+Lr = Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate (after warm-up).")]
+Wd = Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")]
+Gamma = Annotated[float, typer.Option("--gamma", help="Focal loss gamma (0 = weighted BCE).")]
+Alpha = Annotated[float | None, typer.Option("--alpha", help="Focal loss weight of PNEUMONIA in [0,1]; default: the "
+                                             "share of NORMAL images on the training side.")]
+Patience = Annotated[int, typer.Option("--patience", help="Stop after this many epochs without a better val ROC-AUC.")]
+Seed = Annotated[int, typer.Option("--seed", help="Training seed (init, order, augmentation).")]
+Pretrained = Annotated[bool, typer.Option("--pretrained", help="Start from timm's ImageNet weights (needs the hub).")]
+Weights = Annotated[Path | None, typer.Option("--weights", help="Start from ImageNet weights in this local file "
+                                              "(a timm state dict; for one backbone).")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
+Threads = Annotated[int | None, typer.Option("--threads", help="CPU threads for torch (default: all cores).")]
+NoAugment = Annotated[bool, typer.Option("--no-augment", help="Turn off training-side augmentation.")]
+SplitFile = Annotated[Path | None, typer.Option("--split-file", help="Use this saved split instead of making one.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue interrupted runs from their last epoch.")]
+Force = Annotated[bool, typer.Option("--force", help="Replace existing runs in --out.")]
+
+
+def _run(names, data, out_dir, size, epochs, batch_size, lr, weight_decay, gamma, alpha, patience, seed, pretrained,
+         weights, device, threads, no_augment, split_file, split, split_seed, ratios, skip_bad, synthetic_images,
+         resume, force, progress) -> None:
+    from core.pipeline import DataConfig, train_backbones
+    from core.synthetic import SyntheticSpec
+    from core.train import TrainConfig
+
+    if weights is not None and len(names) > 1:
+        raise ValueError("--weights names one file for one backbone; train each backbone with its own file")
+    base = TrainConfig(backbone=names[0], size=size, epochs=epochs, batch_size=batch_size, lr=lr,
+                       weight_decay=weight_decay, gamma=gamma, alpha=alpha, patience=patience, seed=seed,
+                       augment=not no_augment, pretrained=pretrained, weights=str(weights) if weights else None,
+                       device=device, threads=threads)
+    data_cfg = DataConfig(data=data, split_file=str(split_file) if split_file else None, split_method=split,
+                          split_seed=split_seed, ratios=parse_ratios(ratios), skip_bad=skip_bad,
+                          synthetic=SyntheticSpec(n_images=synthetic_images))
+    outcomes = train_backbones(names, base, data_cfg, out_dir, resume=resume, force=force, console=console,
+                               show_progress=progress)
+    table = Table(title=f"runs in {out_dir} ({outcomes[0].record['init']}, {size} px)")
+    for col in ("backbone", "status", "val ROC-AUC", "threshold", "best epoch", "epochs", "train s", "skipped files"):
+        table.add_column(col)
+    for o in outcomes:
+        r = o.record
+        table.add_row(o.backbone, o.status, f"{r['val']['metrics']['roc_auc']['value']:.4f}",
+                      f"{r['threshold']['threshold']:.3f}", str(r["best_epoch"]), str(r["epochs_run"]),
+                      f"{r['train_seconds']:.0f}", str(r.get("data", {}).get("skipped_files", 0)))
+    out.print(table)
+
+
+@friendly
+def train(
+    backbones: Annotated[list[str], typer.Argument(help="Backbone name(s): resnet18, resnet50, densenet121, "
+                                                   "efficientnet_b0, mobilenetv2_100, mobilenetv3_large_100, "
+                                                   "vit_base_patch16_224.")],
+    data: Data = "synthetic", out_dir: Out = Path("runs"), size: Size = 64, epochs: Epochs = 4,
+    batch_size: Batch = 32, lr: Lr = 1e-3, weight_decay: Wd = 0.05, gamma: Gamma = 2.0, alpha: Alpha = None,
+    patience: Patience = 5, seed: Seed = 42, pretrained: Pretrained = False, weights: Weights = None,
+    device: Device = "auto", threads: Threads = None, no_augment: NoAugment = False, split_file: SplitFile = None,
+    split: SplitMethod = "patient", split_seed: SplitSeed = 42, ratios: Ratios = "0.7,0.15,0.15",
+    skip_bad: SkipBad = False, synthetic_images: SynthN = 600, resume: Resume = False, force: Force = False,
+    progress: Progress = True,
+) -> None:
+    """Train one or more backbones with focal loss on a patient-wise split; one run folder each.
+
+    Keeps the checkpoint with the best validation ROC-AUC and picks the operating threshold on
+    validation (Youden's J). A finished run with the same settings is left alone.
+    """
+    from core.registry import parse_names
+
+    _run(parse_names(backbones), data, out_dir, size, epochs, batch_size, lr, weight_decay, gamma, alpha, patience,
+         seed, pretrained, weights, device, threads, no_augment, split_file, split, split_seed, ratios, skip_bad,
+         synthetic_images, resume, force, progress)
+
+
+@friendly
+def train_all(
+    backbones: Annotated[str, typer.Option("--backbones", "-b", help="Comma-separated names, or 'all'.")] = "all",
+    data: Data = "synthetic", out_dir: Out = Path("runs"), size: Size = 64, epochs: Epochs = 4,
+    batch_size: Batch = 32, lr: Lr = 1e-3, weight_decay: Wd = 0.05, gamma: Gamma = 2.0, alpha: Alpha = None,
+    patience: Patience = 5, seed: Seed = 42, pretrained: Pretrained = False,
+    device: Device = "auto", threads: Threads = None, no_augment: NoAugment = False, split_file: SplitFile = None,
+    split: SplitMethod = "patient", split_seed: SplitSeed = 42, ratios: Ratios = "0.7,0.15,0.15",
+    skip_bad: SkipBad = False, synthetic_images: SynthN = 600, resume: Resume = False, force: Force = False,
+    progress: Progress = True,
+) -> None:
+    """Train all seven backbones (or --backbones) with identical settings on one saved split."""
+    from core.registry import parse_names
+
+    _run(parse_names(backbones), data, out_dir, size, epochs, batch_size, lr, weight_decay, gamma, alpha, patience,
+         seed, pretrained, None, device, threads, no_augment, split_file, split, split_seed, ratios, skip_bad,
+         synthetic_images, resume, force, progress)
+
+
+@friendly
+def evaluate(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders, or a folder of runs (e.g. runs/).")],
+    side: Annotated[str, typer.Option("--split", help="Side of the saved split to evaluate: train, val or test.")] = "test",
+    out_file: Annotated[Path | None, typer.Option("--out", "-o", help="JSON report path (default: "
+                                                  "<first run's parent>/evaluate-<side>.json).")] = None,
+    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap replicates for the 95% CIs.")] = 1000,
+    device: Device = "auto",
+    progress: Progress = True,
+) -> None:
+    """Metrics with bootstrap 95% CIs at each run's validation threshold; with several runs, their
+    ensemble too (mean of probabilities, threshold chosen on validation)."""
+    from core import io
+    from core.evaluate import evaluate_runs
+    from core.runs import find_runs
+
+    found = find_runs(runs)
+    report = evaluate_runs(found, side, n_boot=n_boot, device=device, progress=progress)
+    out_file = out_file or found[0].path.parent / f"evaluate-{side}.json"
+    io.write_json(out_file, report)
+    table = Table(title=f"{side} side of split {report['split_hash']} ({report['n_images']} images); "
+                        f"95% bootstrap CIs, thresholds from val")
+    names = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "pr_auc")
+    for col in ("model", "threshold", *names):
+        table.add_column(col)
+    rows = [(r["backbone"], r) for r in report["runs"]]
+    if "ensemble" in report:
+        rows.append(("ensemble (mean prob.)", report["ensemble"]))
+    for name, r in rows:
+        cells = [f"{m['value']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]" for m in
+                 (r["metrics"][k] for k in names)]
+        table.add_row(name, f"{r['threshold']:.3f}", *cells)
+    out.print(table)
+    out.print(f"report written to {out_file}")

@@ -1,0 +1,72 @@
+"""Resumable training state, stored without pickle: tensors in safetensors, the rest in JSON."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from core import io
+from core.runs import RunError
+
+# Fields that may differ when resuming (they do not change what is trained).
+_RESUMABLE_DIFFS = {"device", "threads", "epochs", "patience"}
+
+
+class Checkpoint:
+    """``run_dir/checkpoint/``: last model and optimizer state after every epoch, and the best model."""
+
+    def __init__(self, folder: Path, write: bool = True) -> None:
+        self.folder, self.write = Path(folder), write
+
+    def exists(self) -> bool:
+        return (self.folder / "state.json").is_file()
+
+    def save_best(self, model: nn.Module) -> None:
+        if self.write:
+            io.save_tensors(self.folder / "best.safetensors", model.state_dict())
+
+    def restore_best(self, model: nn.Module) -> None:
+        path = self.folder / "best.safetensors"
+        if path.is_file():
+            model.load_state_dict(io.load_tensors(path))
+
+    def save(self, model: nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any], config: dict) -> None:
+        if not self.write:
+            return
+        sd = opt.state_dict()
+        tensors, scalars = {}, {}
+        for idx, st in sd["state"].items():
+            for k, v in st.items():
+                if torch.is_tensor(v):
+                    tensors[f"{idx}.{k}"] = v
+                else:
+                    scalars[f"{idx}.{k}"] = v
+        io.save_tensors(self.folder / "last.safetensors", model.state_dict())
+        io.save_tensors(self.folder / "optimizer.safetensors", tensors)
+        io.write_json(self.folder / "state.json", {"state": state, "config": config,
+                                                   "param_groups": sd["param_groups"], "scalars": scalars})
+
+    def load(self, model: nn.Module, opt: torch.optim.Optimizer, config: dict) -> dict[str, Any]:
+        saved = json.loads((self.folder / "state.json").read_text())
+        diffs = {k for k in config if config[k] != saved["config"].get(k)} - _RESUMABLE_DIFFS
+        if diffs:
+            detail = ", ".join(f"{k}: {saved['config'].get(k)!r} -> {config[k]!r}" for k in sorted(diffs))
+            raise RunError(f"cannot resume {self.folder.parent}: its settings differ ({detail}); "
+                           f"use the same settings, or --force to start over")
+        model.load_state_dict(io.load_tensors(self.folder / "last.safetensors"))
+        tensors = io.load_tensors(self.folder / "optimizer.safetensors")
+        state: dict[int, dict[str, Any]] = {}
+        for key, v in {**tensors, **saved["scalars"]}.items():
+            idx, name = key.split(".", 1)
+            state.setdefault(int(idx), {})[name] = v
+        opt.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+        return saved["state"]
+
+    def clear(self) -> None:
+        if self.write and self.folder.exists():
+            shutil.rmtree(self.folder)

@@ -1,0 +1,74 @@
+"""From a data-set argument to decoded, split images in memory.
+
+The one entry point every stage uses: ``resolve_source`` turns "synthetic" or a path into a
+:class:`~core.data.DataSource`, ``split_for`` makes (or checks) the saved patient-wise split, and
+``load_sides`` decodes each side once into uint8 arrays, so CPU epochs are not spent decoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from core.data import DataError, DataSource, Sample, load_images, read_source
+from core.preprocess import Preprocess
+from core.split import Split, make_split
+from core.synthetic import SyntheticSpec, ensure_synthetic
+
+SYNTHETIC = "synthetic"
+
+
+def resolve_source(data: str | None, *, skip_bad: bool = False, synthetic: SyntheticSpec | None = None,
+                   progress: bool = True) -> DataSource:
+    """``None``/"synthetic" -> the built-in synthetic set (generated on first use); else a folder or CSV."""
+    if data is None or data == SYNTHETIC:
+        root = ensure_synthetic(synthetic or SyntheticSpec(), progress=progress)
+        return read_source(root / "manifest.csv", skip_bad=skip_bad)
+    return read_source(data, skip_bad=skip_bad)
+
+
+def split_for(source: DataSource, *, method: str = "patient", seed: int = 42,
+              ratios: tuple[float, float, float] = (0.7, 0.15, 0.15), split_file: str | Path | None = None,
+              save_to: str | Path | None = None) -> Split:
+    """Load ``split_file`` if given, else make the split; never silently replace a different saved one."""
+    if split_file is not None:
+        return Split.load(split_file)
+    split = make_split(source, ratios=ratios, seed=seed, method=method)
+    if save_to is not None:
+        save_to = Path(save_to)
+        if save_to.exists():
+            old = Split.load(save_to)
+            if old.hash != split.hash:
+                raise DataError(
+                    f"{save_to} holds a different split (hash {old.hash}, new {split.hash}): its data, seed or "
+                    f"ratios differ. Use another --out folder, pass --split-file {save_to} to reuse it, or delete it."
+                )
+        else:
+            split.save(save_to)
+    return split
+
+
+@dataclass
+class SideImages:
+    """One side of the split, decoded: uint8 ``N x H x W x C`` images and 0/1 labels."""
+
+    name: str
+    images: np.ndarray
+    labels: np.ndarray
+    paths: list[str]
+
+
+def load_sides(split: Split, preprocess: Preprocess, *, sides=("train", "val", "test"), skip_bad: bool = False,
+               progress: bool = True) -> tuple[dict[str, SideImages], list[tuple[str, str]]]:
+    out: dict[str, SideImages] = {}
+    skipped: list[tuple[str, str]] = []
+    for side in sides:
+        entries = split.side(side)
+        samples = [Sample(path=e.path, label=e.label, patient=e.patient, side=e.side) for e in entries]
+        images, kept, bad = load_images(samples, preprocess, skip_bad=skip_bad, progress=progress)
+        skipped += bad
+        out[side] = SideImages(side, images, np.asarray([s.label for s in kept], np.int64), [s.path for s in kept])
+    return out, skipped
+

@@ -1,0 +1,106 @@
+"""Train one or several backbones on one data set and one saved split (``train`` / ``train-all``).
+
+Each backbone's training stays a plain call of :func:`core.train.fit` with its own config; this
+module only prepares what they share (the split, the decoded images) and decides, per run folder,
+whether to train, resume or leave a finished run alone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from core import registry, runs
+from core.datasets import load_sides, resolve_source, split_for
+from core.synthetic import SyntheticSpec
+from core.train import TrainConfig, fit
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    data: str | None = None  # None / "synthetic" -> built-in synthetic set
+    split_file: str | None = None
+    split_method: str = "patient"
+    split_seed: int = 42
+    ratios: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    skip_bad: bool = False
+    synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
+
+
+@dataclass
+class Outcome:
+    backbone: str
+    status: str  # "trained", "resumed", "skipped" (already complete)
+    run_dir: Path
+    record: dict[str, Any]
+
+
+def train_backbones(names: list[str], base: TrainConfig, data: DataConfig, out: str | Path, *,
+                    resume: bool = False, force: bool = False, console: Console | None = None,
+                    show_progress: bool = True) -> list[Outcome]:
+    console = console or Console(stderr=True)
+    out = Path(out)
+    source = resolve_source(data.data, skip_bad=data.skip_bad, synthetic=data.synthetic, progress=show_progress)
+    split = split_for(source, method=data.split_method, seed=data.split_seed, ratios=data.ratios,
+                      split_file=data.split_file, save_to=None if data.split_file else out / "split.json")
+    console.print(f"data: {source.root} ({source.kind}); split {split.hash} ({split.method}, seed {split.seed}): "
+                  + ", ".join(f"{s} {c['images']} img / {c['patients']} patients" for s, c in split.counts().items()))
+    configs = [replace(base, backbone=n) for n in names]
+    plans = {c.backbone: _plan(out / c.backbone, c, split.hash, resume, force) for c in configs}
+    outcomes = []
+    for c in configs:
+        if plans[c.backbone] == "skipped":
+            console.print(f"[dim]{c.backbone}: already trained with these settings and split in "
+                          f"{out / c.backbone}; skipping (--force retrains)[/dim]")
+            outcomes.append(Outcome(c.backbone, "skipped", out / c.backbone, runs.load_run(out / c.backbone).record))
+    todo = [c for c in configs if plans[c.backbone] != "skipped"]
+    extra_common = {"data": {"source": source.root, "kind": source.kind, "skipped_files": len(source.skipped),
+                             "skipped": source.skipped[:50]}}
+    by_size: dict[int, Any] = {}
+    with Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[info]}"), console=console, disable=not show_progress) as progress:
+        for c in todo:
+            if c.size not in by_size:
+                preprocess = registry.get(c.backbone).preprocess(c.size)
+                by_size[c.size] = load_sides(split, preprocess, sides=("train", "val"), skip_bad=data.skip_bad,
+                                             progress=show_progress)
+            sides, skipped = by_size[c.size]
+            run_dir = out / c.backbone
+            if plans[c.backbone] == "fresh":
+                runs.remove_run(run_dir)
+            extra = {"data": {**extra_common["data"], "skipped_files": len(source.skipped) + len(skipped),
+                              "skipped": (source.skipped + skipped)[:50]}}
+            result = fit(c, split, sides, run_dir, resume=plans[c.backbone] == "resume", progress=progress,
+                         extra=extra)
+            outcomes.append(Outcome(c.backbone, "resumed" if plans[c.backbone] == "resume" else "trained",
+                                    run_dir, result.record))
+    return outcomes
+
+
+def _plan(run_dir: Path, config: TrainConfig, split_hash: str, resume: bool, force: bool) -> str:
+    """'fresh', 'resume' or 'skipped' for one run folder; refuses to overwrite without --force."""
+    if force or not run_dir.exists():
+        return "fresh"
+    if runs.is_complete(run_dir):
+        record = json.loads((run_dir / "run.json").read_text())
+        saved = record.get("config", {})
+        if saved == config.to_dict() and record.get("split", {}).get("hash") == split_hash:
+            return "skipped"
+        if saved == config.to_dict():
+            raise runs.RunError(f"{run_dir} was trained on another split ({record.get('split', {}).get('hash')}, "
+                                f"now {split_hash}); choose another --out, or pass --force to replace it")
+        diff = ", ".join(f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in config.to_dict().items() if saved.get(k) != v)
+        raise runs.RunError(f"{run_dir} already holds a run trained with other settings ({diff}); "
+                            f"choose another --out, or pass --force to replace it")
+    if (run_dir / "checkpoint" / "state.json").is_file():
+        if resume:
+            return "resume"
+        raise runs.RunError(f"{run_dir} holds an interrupted run; pass --resume to continue it or --force to restart")
+    if any(run_dir.iterdir()):
+        raise runs.RunError(f"{run_dir} exists and is not a run folder; choose another --out or remove it")
+    return "fresh"

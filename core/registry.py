@@ -1,0 +1,144 @@
+"""The one table of backbones: name -> how to build it, its Grad-CAM target layer, its reshape rule.
+
+Everything else looks backbones up here; nothing else lists them. Target layers are dotted paths
+resolved with ``model.get_submodule`` (never ``eval``), as in pytorch-grad-cam's recipes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from core.preprocess import Preprocess
+
+
+class RegistryError(ValueError):
+    """A backbone or weights request that cannot be honoured; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str
+    timm_id: str
+    title: str  # as the paper and tables name it
+    cam_layer: str  # dotted path of the Grad-CAM target layer
+    family: str  # "cnn" or "vit"
+    default_size: int = 224  # the size its ImageNet weights were trained at
+    patch_size: int | None = None  # ViT only
+
+    def build(
+        self,
+        size: int,
+        *,
+        pretrained: bool = False,
+        weights: str | Path | None = None,
+        num_classes: int = 1,
+    ) -> nn.Module:
+        """Build the timm model with ``num_classes`` logits for ``size x size`` inputs.
+
+        ``pretrained`` loads timm's ImageNet weights from the hub; ``weights`` loads them from a
+        local file (safetensors or a timm/PyTorch state dict) instead. The classifier of the file is
+        dropped and a fresh one of ``num_classes`` outputs is made, as timm does for fine-tuning.
+        A missing source is an error, never a silent fall-back to random weights.
+        """
+        import timm
+
+        kwargs: dict = {"num_classes": num_classes}
+        if self.family == "vit":
+            if size % self.patch_size:
+                raise RegistryError(
+                    f"{self.name} needs an image size divisible by its patch size {self.patch_size}; "
+                    f"got {size}. Use e.g. {max(self.patch_size, size // self.patch_size * self.patch_size)}."
+                )
+            kwargs["img_size"] = size
+        if weights is not None:
+            path = Path(weights)
+            if not path.is_file():
+                raise RegistryError(
+                    f"weights file {str(path)!r} does not exist; give the path of a timm "
+                    f"{self.timm_id} state dict (.safetensors, .pth or .bin)"
+                )
+            # timm resolves the file through the pretrained config, which also handles the
+            # classifier swap and ViT position-embedding resampling for another input size.
+            kwargs["pretrained_cfg_overlay"] = {"file": str(path.resolve()), "hf_hub_id": None, "url": None}
+            try:
+                return timm.create_model(self.timm_id, pretrained=True, **kwargs)
+            except (RuntimeError, KeyError, ValueError) as err:
+                raise RegistryError(
+                    f"could not load {self.name} weights from {str(path)!r}: {err}. The file must be a "
+                    f"state dict of timm's {self.timm_id}."
+                ) from err
+        if pretrained:
+            try:
+                return timm.create_model(self.timm_id, pretrained=True, **kwargs)
+            except Exception as err:  # network errors come in many types from huggingface_hub
+                raise RegistryError(
+                    f"could not fetch ImageNet weights for {self.timm_id} from timm's hub ({type(err).__name__}: "
+                    f"{err}). Without network access, download them elsewhere and pass --weights FILE, "
+                    f"or train from scratch without --pretrained."
+                ) from err
+        return timm.create_model(self.timm_id, pretrained=False, **kwargs)
+
+    def cam_target(self, model: nn.Module) -> nn.Module:
+        return model.get_submodule(self.cam_layer)
+
+    def reshape_transform(self, size: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """For ViT: tokens (N, 1+H*W, C) -> feature map (N, C, H, W), grid computed from ``size``."""
+        if self.family != "vit":
+            return None
+        grid = size // self.patch_size
+        return _TokensToGrid(grid)
+
+    def preprocess(self, size: int) -> Preprocess:
+        return Preprocess.for_model(size)
+
+
+class _TokensToGrid:
+    def __init__(self, grid: int) -> None:
+        self.grid = grid
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        n_prefix = tokens.shape[1] - self.grid * self.grid
+        if n_prefix < 0:
+            raise ValueError(f"cannot reshape {tuple(tokens.shape)} tokens to a {self.grid}x{self.grid} grid")
+        x = tokens[:, n_prefix:, :].reshape(tokens.shape[0], self.grid, self.grid, tokens.shape[2])
+        return x.permute(0, 3, 1, 2)
+
+
+BACKBONES: dict[str, Backbone] = {
+    b.name: b
+    for b in (
+        Backbone("resnet18", "resnet18", "ResNet-18", "layer4", "cnn"),
+        Backbone("resnet50", "resnet50", "ResNet-50", "layer4", "cnn"),
+        Backbone("densenet121", "densenet121", "DenseNet-121", "features.norm5", "cnn"),
+        Backbone("efficientnet_b0", "efficientnet_b0", "EfficientNet-B0", "bn2", "cnn"),
+        Backbone("mobilenetv2_100", "mobilenetv2_100", "MobileNet-V2", "bn2", "cnn"),
+        Backbone("mobilenetv3_large_100", "mobilenetv3_large_100", "MobileNet-V3-Large", "blocks", "cnn"),
+        Backbone("vit_base_patch16_224", "vit_base_patch16_224", "ViT-B/16", "blocks.11.norm1", "vit", patch_size=16),
+    )
+}
+NAMES: tuple[str, ...] = tuple(BACKBONES)
+
+
+def get(name: str) -> Backbone:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise RegistryError(f"backbone {name!r} is not known; choose one of {', '.join(NAMES)}") from None
+
+
+def parse_names(spec: str | list[str] | None) -> list[str]:
+    """'all' / None / 'a,b' / ['a','b'] -> validated list of backbone names, in registry order."""
+    if spec is None or spec == "all" or spec == ["all"]:
+        return list(NAMES)
+    items = spec.split(",") if isinstance(spec, str) else [s for part in spec for s in part.split(",")]
+    names = [s.strip() for s in items if s.strip()]
+    for n in names:
+        get(n)
+    if not names:
+        raise RegistryError(f"no backbone given; choose from {', '.join(NAMES)} or 'all'")
+    return names

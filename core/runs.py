@@ -1,0 +1,115 @@
+"""A run folder: what training leaves behind, and the one way every later stage reads it back.
+
+``runs/<backbone>/`` holds ``model.safetensors`` (weights), ``run.json`` (everything needed to
+rebuild the model and its preprocessing: backbone, size, threshold chosen on validation, split hash,
+versions, timings), ``split.json`` (a copy of the split it was trained on) and ``log.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from core import io, registry
+from core.preprocess import Preprocess
+from core.split import Split
+
+RUN_FORMAT = "cxr-edge-run/1"
+
+
+class RunError(RuntimeError):
+    """A run folder that is missing, incomplete or inconsistent; the message says what to do."""
+
+
+def write_run(run_dir: Path, model: nn.Module, record: dict[str, Any], split: Split) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    split.save(run_dir / "split.json")
+    meta = {"backbone": record["backbone"], "format": RUN_FORMAT, "split_hash": split.hash}
+    io.save_tensors(run_dir / "model.safetensors", model.state_dict(), metadata=meta)
+    io.write_json(run_dir / "run.json", record)  # last: its presence marks a complete run
+
+
+def is_complete(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / "run.json").is_file() and (Path(run_dir) / "model.safetensors").is_file()
+
+
+@dataclass
+class Run:
+    path: Path
+    record: dict[str, Any]
+
+    @property
+    def backbone(self) -> registry.Backbone:
+        return registry.get(self.record["backbone"])
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess.from_dict(self.record["preprocess"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.record["threshold"]["threshold"])
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def split(self) -> Split:
+        return Split.load(self.path / "split.json")
+
+    def build_model(self) -> nn.Module:
+        """The trained model in eval mode on the CPU, its weights checked against the architecture."""
+        model = self.backbone.build(self.preprocess.size)
+        state = io.load_tensors(self.path / "model.safetensors")
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise RunError(
+                f"{self.path / 'model.safetensors'} does not match {self.record['backbone']} at size "
+                f"{self.preprocess.size}: missing {missing[:3]}, unexpected {unexpected[:3]}; retrain the run"
+            )
+        return model.eval()
+
+
+def load_run(path: str | Path) -> Run:
+    path = Path(path)
+    if not path.is_dir():
+        raise RunError(f"run folder {str(path)!r} does not exist; train one with `cxr-edge train` first")
+    if not is_complete(path):
+        hint = " (an interrupted run: resume it with `cxr-edge train ... --resume`)" if (path / "checkpoint").is_dir() else ""
+        raise RunError(f"{path} is not a complete run: run.json or model.safetensors is missing{hint}")
+    try:
+        record = json.loads((path / "run.json").read_text())
+    except json.JSONDecodeError as err:
+        raise RunError(f"{path / 'run.json'} is not valid JSON ({err}); retrain the run") from err
+    if record.get("format") != RUN_FORMAT:
+        raise RunError(f"{path / 'run.json'} has format {record.get('format')!r}, expected {RUN_FORMAT!r}")
+    return Run(path, record)
+
+
+def find_runs(paths: list[str | Path]) -> list[Run]:
+    """Each path is a run folder, or a folder of run folders (e.g. runs/)."""
+    runs: list[Run] = []
+    for p in map(Path, paths):
+        if p.is_dir() and not is_complete(p) and not (p / "checkpoint").is_dir():
+            children = sorted(c for c in p.iterdir() if c.is_dir() and is_complete(c))
+            if children:
+                runs += [load_run(c) for c in children]
+                continue
+        runs.append(load_run(p))
+    return runs
+
+
+def remove_run(run_dir: Path) -> None:
+    """Delete a run folder's files (used only on an explicit --force)."""
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+
+
+def state_dict_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}

@@ -1,0 +1,261 @@
+"""Patient-wise stratified train/val/test split, saved as a JSON manifest every later stage reads.
+
+The manifest (``format: cxr-edge-split/1``) lists every image with its label, patient and side, and
+a hash of those entries; :meth:`Split.load` refuses a file whose entries no longer match the hash,
+so a run can name the exact split it used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.data import LABELS, DataError, DataSource, Sample
+
+SIDES = ("train", "val", "test")
+METHODS = ("patient", "official")
+FORMAT = "cxr-edge-split/1"
+_REMAKE = "make a new one with `cxr-edge split`"
+
+
+@dataclass(frozen=True)
+class SplitEntry:
+    path: str
+    label: int
+    patient: str
+    side: str
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class Split:
+    entries: list[SplitEntry]
+    method: str  # "patient" or "official"
+    seed: int
+    ratios: tuple[float, float, float]  # asked for ("patient") or found in the folders ("official")
+    source: str  # the data source's path
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) from the DataSource
+    created: str = field(default_factory=_now)  # ISO time; not part of the hash
+
+    @property
+    def hash(self) -> str:
+        """First 16 hex chars of sha256 over the sorted (path, label, patient, side) entries."""
+        rows = sorted((e.path, int(e.label), e.patient, e.side) for e in self.entries)
+        return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+    def side(self, name: str) -> list[SplitEntry]:
+        if name not in SIDES:
+            raise DataError(f"side {name!r} is not known; choose one of {', '.join(SIDES)}")
+        return [e for e in self.entries if e.side == name]
+
+    def samples(self, name: str) -> list[Sample]:
+        """The entries of side ``name`` as :class:`Sample` (for :func:`core.data.load_images`)."""
+        return [Sample(e.path, e.label, e.patient, e.side) for e in self.side(name)]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Per side: images, patients and images per label name."""
+        out = {}
+        for name in SIDES:
+            entries = self.side(name)
+            row = {"images": len(entries), "patients": len({e.patient for e in entries})}
+            row.update({label: sum(e.label == i for e in entries) for i, label in enumerate(LABELS)})
+            out[name] = row
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "hash": self.hash,
+            "method": self.method,
+            "seed": self.seed,
+            "ratios": list(self.ratios),
+            "source": self.source,
+            "created": self.created,
+            "counts": self.counts(),
+            "skipped": [list(s) for s in self.skipped],
+            "entries": [asdict(e) for e in self.entries],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the manifest atomically (a temporary file in the same folder, then ``os.replace``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(self.to_json())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Split":
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"split file {path} does not exist; {_REMAKE}")
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise DataError(f"split file {path} is not valid JSON ({err}); {_REMAKE}") from err
+        try:
+            split = _from_dict(d)
+        except (KeyError, TypeError, ValueError) as err:
+            raise DataError(f"split file {path} is not a {FORMAT} manifest ({err!r}); {_REMAKE}") from err
+        if d.get("hash") != split.hash:
+            raise DataError(
+                f"split file {path} was edited after it was made (stored hash {d.get('hash')}, "
+                f"entries hash {split.hash}); {_REMAKE}"
+            )
+        return split
+
+
+def _from_dict(d: Any) -> Split:
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        raise ValueError(f"format is {d.get('format') if isinstance(d, dict) else None!r}, expected {FORMAT!r}")
+    entries = []
+    for e in d["entries"]:
+        entry = SplitEntry(str(e["path"]), int(e["label"]), str(e["patient"]), str(e["side"]))
+        if entry.side not in SIDES or entry.label not in range(len(LABELS)):
+            raise ValueError(f"entry {e} has an unknown side or label")
+        entries.append(entry)
+    if d["method"] not in METHODS:
+        raise ValueError(f"method {d['method']!r}")
+    ratios = tuple(float(r) for r in d["ratios"])
+    if len(ratios) != 3:
+        raise ValueError(f"ratios {d['ratios']} are not three numbers")
+    return Split(
+        entries=entries,
+        method=d["method"],
+        seed=int(d["seed"]),
+        ratios=ratios,  # type: ignore[arg-type]
+        source=str(d["source"]),
+        skipped=[(str(p), str(r)) for p, r in d.get("skipped", [])],
+        created=str(d.get("created", "")),
+    )
+
+
+def _check_ratios(ratios: Any) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(r) for r in ratios)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 3 or any(not r > 0 for r in values) or abs(sum(values) - 1.0) > 1e-6:
+        raise DataError(
+            f"split ratios {ratios!r} are not allowed; give three positive numbers (train, val, test) "
+            f"that sum to 1, e.g. 0.7 0.15 0.15"
+        )
+    return values  # type: ignore[return-value]
+
+
+def _assign_stratum(patients: list[str], sizes: dict[str, int], ratios: tuple[float, ...]) -> dict[str, str]:
+    """Greedy: one patient to each side first, then each patient to the side furthest below its
+    target image count."""
+    total = sum(sizes[p] for p in patients)
+    targets = [r * total for r in ratios]
+    counts = [0] * len(SIDES)
+    out = {}
+    for i, patient in enumerate(patients):
+        k = i if i < len(SIDES) else int(np.argmax([t - c for t, c in zip(targets, counts)]))
+        out[patient] = SIDES[k]
+        counts[k] += sizes[patient]
+    return out
+
+
+def _patient_split(samples: list[Sample], ratios: tuple[float, ...], seed: int) -> list[str]:
+    sizes: dict[str, int] = defaultdict(int)
+    plabel: dict[str, int] = defaultdict(int)
+    for s in samples:
+        sizes[s.patient] += 1
+        plabel[s.patient] = max(plabel[s.patient], s.label)  # any pneumonia image -> pneumonia patient
+    rng = np.random.default_rng(seed)
+    side_of: dict[str, str] = {}
+    for label, name in enumerate(LABELS):
+        stratum = sorted(p for p in sizes if plabel[p] == label)
+        if len(stratum) < len(SIDES):
+            raise DataError(
+                f"the data set has {len(stratum)} {name} patient(s); a patient-wise train/val/test split "
+                f"needs at least {len(SIDES)} per class (more for useful sides); add images"
+            )
+        shuffled = [stratum[i] for i in rng.permutation(len(stratum))]
+        side_of.update(_assign_stratum(shuffled, sizes, ratios))
+    return [side_of[s.patient] for s in samples]
+
+
+def make_split(
+    source: DataSource,
+    *,
+    ratios: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    seed: int = 42,
+    method: str = "patient",
+) -> Split:
+    """Split ``source`` into train/val/test.
+
+    ``"patient"``: patients (label = their highest image label) are shuffled per class with
+    ``seed`` and given to sides so each side's image count approximates ``ratios``; a patient is
+    never on two sides. ``"official"``: the sides of the data set's own train/val/test folders are
+    kept as they are, overlaps included (:func:`audit` reports them); ``ratios`` records the
+    fractions found.
+    """
+    if method not in METHODS:
+        raise DataError(f"split method {method!r} is not known; choose one of {', '.join(METHODS)}")
+    samples = source.samples
+    if not samples:
+        raise DataError(f"data source {source.root} has no images to split; add images")
+    if method == "patient":
+        ratios = _check_ratios(ratios)
+        sides = _patient_split(samples, ratios, seed)
+    else:
+        bare = [s for s in samples if s.side is None]
+        if bare:
+            raise DataError(
+                f"this data set has no train/val/test folders ({bare[0].path} has no side); "
+                f"use --split patient"
+            )
+        sides = [s.side for s in samples]  # type: ignore[misc]
+        ratios = tuple(round(sides.count(name) / len(sides), 6) for name in SIDES)  # type: ignore[assignment]
+    entries = [SplitEntry(s.path, s.label, s.patient, side) for s, side in zip(samples, sides)]
+    return Split(entries, method, int(seed), tuple(ratios), source.root, list(source.skipped))  # type: ignore[arg-type]
+
+
+def audit(split: Split) -> list[str]:
+    """Problems that make a split unfit for honest evaluation; empty when there are none."""
+    problems = []
+    by_path: dict[str, list[SplitEntry]] = defaultdict(list)
+    by_patient: dict[str, dict[str, str]] = defaultdict(dict)  # patient -> side -> example path
+    for e in split.entries:
+        by_path[e.path].append(e)
+        by_patient[e.patient].setdefault(e.side, e.path)
+    for path, entries in by_path.items():
+        if len(entries) > 1:
+            problems.append(
+                f"{path} is listed {len(entries)} times (sides {', '.join(e.side for e in entries)})"
+            )
+    for patient, sides in sorted(by_patient.items()):
+        if len(sides) > 1:
+            where = "; ".join(f"{side} (e.g. {sides[side]})" for side in SIDES if side in sides)
+            problems.append(f"patient {patient} is on {len(sides)} sides: {where}")
+    for name, row in split.counts().items():
+        if row["images"] == 0:
+            problems.append(f"side {name} is empty")
+        else:
+            present = [label for label in LABELS if row[label] > 0]
+            if len(present) == 1:
+                problems.append(f"side {name} has {present[0]} images only")
+    return problems

@@ -1,0 +1,317 @@
+"""One training loop for every backbone: AdamW, cosine schedule with warm-up, focal loss.
+
+``fit(config, data)`` is a plain function of its config (so ``train-all`` can later fan out to
+Ray). Under ``torchrun`` a process group exists and each rank trains on its shard; only rank 0
+writes files. Nothing pickled is ever written or loaded: weights and optimizer state are
+safetensors, everything else JSON.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core import io, registry
+from core.datasets import SideImages
+from core.losses import FocalLoss, alpha_from_frequency
+from core.metrics import choose_operating_point, summarize
+from core.preprocess import Preprocess
+from core.runs import RUN_FORMAT, RunError, write_run
+from core.split import Split
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    backbone: str
+    size: int = 64
+    epochs: int = 4
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup: float = 0.1  # fraction of all steps spent warming up linearly
+    grad_clip: float = 1.0
+    gamma: float = 2.0
+    alpha: float | None = None  # None: from class frequency of the training side
+    patience: int = 5  # epochs without a better validation ROC-AUC before stopping
+    seed: int = 42
+    augment: bool = True
+    pretrained: bool = False
+    weights: str | None = None
+    device: str = "auto"
+    threads: int | None = None
+    amp: bool = True  # CUDA only: bf16 (or fp16 with a grad scaler) autocast and channels-last
+
+    def __post_init__(self) -> None:
+        registry.get(self.backbone)
+        checks = {
+            "size": self.size >= 16, "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 2,
+            "lr": self.lr > 0, "weight_decay": self.weight_decay >= 0, "warmup": 0 <= self.warmup < 1,
+            "grad_clip": self.grad_clip > 0, "gamma": self.gamma >= 0, "patience": self.patience >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"{name}={getattr(self, name)!r} is out of range; see `cxr-edge train --help`")
+        if self.alpha is not None and not 0 <= self.alpha <= 1:
+            raise ValueError(f"alpha={self.alpha} must lie in [0, 1] (or be left unset to use class frequency)")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device {self.device!r} is not known; use auto, cpu or cuda[:N]")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def current(cls) -> "Dist":
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return cls(torch.distributed.get_rank(), torch.distributed.get_world_size())
+        return cls()
+
+
+def roc_auc_or_nan(y: np.ndarray, p: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RunError(f"device {name!r} asked for, but no CUDA GPU is visible to torch; use --device cpu")
+    return torch.device(name)
+
+
+def lr_at(step: int, total: int, config: TrainConfig) -> float:
+    """Linear warm-up then cosine decay to zero, as a pure function of the step (resume needs no state)."""
+    warm = max(1, round(config.warmup * total))
+    if step < warm:
+        return config.lr * (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Mild radiograph augmentation on a normalised batch: small affine jitter, brightness, contrast.
+
+    No horizontal flip: left/right anatomy is not symmetric in a chest radiograph.
+    """
+    n = x.shape[0]
+    rand = lambda lo, hi: lo + (hi - lo) * torch.rand(n, generator=gen)  # noqa: E731
+    angle, scale = rand(-7, 7) * math.pi / 180, rand(0.92, 1.08)
+    tx, ty = rand(-0.06, 0.06), rand(-0.06, 0.06)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1).to(x)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    fill = x.amin(dim=(1, 2, 3), keepdim=True)
+    x = F.grid_sample(x - fill, grid, align_corners=False, padding_mode="zeros") + fill
+    contrast = rand(0.85, 1.15).to(x).view(-1, 1, 1, 1)
+    bright = rand(-0.15, 0.15).to(x).view(-1, 1, 1, 1)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return (x - mean) * contrast + mean + bright
+
+
+def batch_input(images: np.ndarray, preprocess: Preprocess, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = torch.from_numpy(preprocess.normalize(images)).to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, side: SideImages, preprocess: Preprocess, device: torch.device,
+                  batch_size: int = 64, amp: bool = False) -> np.ndarray:
+    """Probabilities of PNEUMONIA for every image of one side, in order."""
+    model.eval()
+    out = []
+    for i in range(0, len(side.labels), batch_size):
+        x = batch_input(side.images[i:i + batch_size], preprocess, device, amp)
+        with _autocast(device, amp):
+            out.append(torch.sigmoid(model(x).float().flatten()).cpu())
+    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
+
+
+def _autocast(device: torch.device, amp: bool):
+    if device.type == "cuda" and amp:
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cpu", enabled=False)
+
+
+def train_one_epoch(model, opt, loss_fn, train: SideImages, preprocess, config: TrainConfig, *, epoch: int,
+                    step0: int, total_steps: int, device, dist: Dist, scaler, on_step=None) -> dict[str, float]:
+    model.train()
+    gen = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+    order = torch.randperm(len(train.labels), generator=gen).numpy()
+    per_rank = len(order) // dist.world
+    order = order[dist.rank * per_rank:(dist.rank + 1) * per_rank]  # a DistributedSampler's shard, drop-last
+    n_steps = max(1, per_rank // config.batch_size)
+    losses, seen, t0 = [], 0, time.perf_counter()
+    channels_last = device.type == "cuda" and config.amp
+    for b in range(n_steps):
+        idx = np.sort(order[b * config.batch_size:(b + 1) * config.batch_size])
+        x = batch_input(train.images[idx], preprocess, device, channels_last)
+        if config.augment:
+            x = augment(x, gen)
+        y = torch.from_numpy(train.labels[idx]).float().to(device)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step0 + b, total_steps, config)
+        opt.zero_grad(set_to_none=True)
+        with _autocast(device, config.amp):
+            loss = loss_fn(model(x).float().flatten(), y)
+        if not torch.isfinite(loss):
+            raise RunError(f"{config.backbone}: loss became {loss.item()} at epoch {epoch + 1} step {b + 1}; "
+                           f"lower --lr (now {config.lr}) or keep --grad-clip on")
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+        else:
+            loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        scaler.step(opt) if scaler is not None else opt.step()
+        if scaler is not None:
+            scaler.update()
+        losses.append(loss.item())
+        seen += len(idx)
+        if on_step:
+            on_step(b + 1, n_steps, float(np.mean(losses[-20:])), seen * dist.world / (time.perf_counter() - t0))
+    secs = time.perf_counter() - t0
+    return {"loss": float(np.mean(losses)), "steps": n_steps, "images": seen * dist.world, "seconds": secs,
+            "images_per_s": seen * dist.world / secs}
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    record: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def fit(config: TrainConfig, split: Split, sides: dict[str, SideImages], run_dir: str | Path, *,
+        resume: bool = False, progress=None, extra: dict[str, Any] | None = None) -> FitResult:
+    """Train one backbone on the train side, select on validation ROC-AUC, write ``run_dir``."""
+    from core.checkpoint import Checkpoint
+
+    dist, run_dir = Dist.current(), Path(run_dir)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    backbone = registry.get(config.backbone)
+    preprocess = backbone.preprocess(config.size)
+    train, val = sides["train"], sides["val"]
+    model = backbone.build(config.size, pretrained=config.pretrained, weights=config.weights).to(device)
+    if device.type == "cuda" and config.amp:
+        model = model.to(memory_format=torch.channels_last)
+    alpha = config.alpha if config.alpha is not None else alpha_from_frequency(train.labels)
+    loss_fn = FocalLoss(gamma=config.gamma, alpha=alpha)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    use_scaler = device.type == "cuda" and config.amp and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    net = model
+    if dist.world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    ckpt = Checkpoint(run_dir / "checkpoint", write=dist.main)
+    state = {"epoch": 0, "best_auc": -1.0, "best_epoch": -1, "stale": 0, "history": []}
+    if resume and ckpt.exists():
+        state = ckpt.load(model, opt, config.to_dict())
+    steps_per_epoch = max(1, len(train.labels) // dist.world // config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    t_start = time.perf_counter()
+    task = progress.add_task(config.backbone, total=total_steps, info="") if progress else None
+    if progress:
+        progress.update(task, completed=state["epoch"] * steps_per_epoch)
+
+    for epoch in range(state["epoch"], config.epochs):
+        if state["stale"] >= config.patience:
+            break
+
+        def on_step(b, n, loss, ips, epoch=epoch):
+            if progress:
+                progress.update(task, completed=epoch * steps_per_epoch + b,
+                                info=f"ep {epoch + 1}/{config.epochs} loss {loss:.4f} {ips:.0f} img/s "
+                                     f"best val AUC {max(state['best_auc'], 0):.3f}")
+
+        stats = train_one_epoch(net, opt, loss_fn, train, preprocess, config, epoch=epoch,
+                                step0=epoch * steps_per_epoch, total_steps=total_steps, device=device, dist=dist,
+                                scaler=scaler, on_step=on_step)
+        t_eval = time.perf_counter()
+        val_probs = predict_probs(model, val, preprocess, device, amp=config.amp)
+        val_auc = roc_auc_or_nan(val.labels, val_probs)
+        improved = val_auc > state["best_auc"] + 1e-6
+        row = {"epoch": epoch + 1, **stats, "val_auc": val_auc, "val_seconds": time.perf_counter() - t_eval,
+               "lr_end": opt.param_groups[0]["lr"], "improved": improved, "time": io.now()}
+        state["history"].append(row)
+        if improved:
+            state.update(best_auc=val_auc, best_epoch=epoch + 1, stale=0)
+            ckpt.save_best(model)
+        else:
+            state["stale"] += 1
+        state["epoch"] = epoch + 1
+        if dist.main:
+            io.append_jsonl(run_dir / "log.jsonl", row)
+        ckpt.save(model, opt, state, config.to_dict())
+
+    ckpt.restore_best(model)
+    val_probs = predict_probs(model, val, preprocess, device, amp=config.amp)
+    op = choose_operating_point(val.labels, val_probs)
+    record = {
+        "format": RUN_FORMAT,
+        "backbone": config.backbone,
+        "timm_id": backbone.timm_id,
+        "config": config.to_dict(),
+        "preprocess": preprocess.to_dict(),
+        "init": _describe_init(config),
+        "loss": {"name": "sigmoid focal", "gamma": config.gamma, "alpha": alpha,
+                 "alpha_source": "config" if config.alpha is not None else "training-side class frequency"},
+        "split": {"hash": split.hash, "method": split.method, "seed": split.seed, "source": split.source,
+                  "file": "split.json", "counts": split.counts()},
+        "threshold": {**op, "chosen_on": "val"},
+        "val": summarize(val.labels, val_probs, op["threshold"]),
+        "best_epoch": state["best_epoch"],
+        "epochs_run": state["epoch"],
+        "stopped_early": state["epoch"] < config.epochs,
+        "history": state["history"],
+        "train_seconds": sum(h["seconds"] + h["val_seconds"] for h in state["history"]),
+        "wall_seconds": time.perf_counter() - t_start,
+        "params": sum(p.numel() for p in model.parameters()),
+        "device": str(device),
+        "world_size": dist.world,
+        "environment": io.environment(),
+        **(extra or {}),
+    }
+    if dist.main:
+        write_run(run_dir, model, record, split)
+        ckpt.clear()
+    if progress:
+        progress.update(task, completed=total_steps,
+                        info=f"done: best val AUC {state['best_auc']:.3f} at epoch {state['best_epoch']}")
+    return FitResult(run_dir, record, state["history"])
+
+
+def _describe_init(config: TrainConfig) -> str:
+    if config.weights:
+        return f"ImageNet weights from local file {config.weights}"
+    if config.pretrained:
+        return "ImageNet weights from timm's hub"
+    return "trained from scratch (random init)"
+
+
+def with_overrides(config: TrainConfig, **kw) -> TrainConfig:
+    return replace(config, **{k: v for k, v in kw.items() if v is not None})
