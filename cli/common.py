@@ -34,7 +34,7 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         except user_errors() as err:
             if os.environ.get("CXR_EDGE_DEBUG"):
                 traceback.print_exc()
-            console.print(f"[bold red]error:[/bold red] {err}", highlight=False)
+            console.print(f"[bold red]error:[/bold red] {err}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/yellow]; finished files are kept, a run can go on with --resume")

@@ -76,7 +76,7 @@ def audit(split_file: Annotated[Path, typer.Argument(help="A split manifest (spl
     problems = audit_split(s)
     if problems:
         for p in problems:
-            console.print(f"[bold red]problem:[/bold red] {p}", highlight=False)
+            console.print(f"[bold red]problem:[/bold red] {p}", highlight=False, soft_wrap=True)
         console.print(f"[bold red]{len(problems)} problem(s)[/bold red] in {split_file}")
         raise typer.Exit(1)
     out.print(f"[green]ok[/green]: split {s.hash} ({s.method}) has no patient on two sides, "

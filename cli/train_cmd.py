@@ -52,13 +52,16 @@ def _run(names, data, out_dir, size, epochs, batch_size, lr, weight_decay, gamma
     outcomes = train_backbones(names, base, data_cfg, out_dir, resume=resume, force=force, console=console,
                                show_progress=progress)
     table = Table(title=f"runs in {out_dir} ({outcomes[0].record['init']}, {size} px)")
-    for col in ("backbone", "status", "val ROC-AUC", "threshold", "best epoch", "epochs", "train s", "skipped files"):
-        table.add_column(col)
+    for col in ("backbone", "status", "val AUC", "threshold", "best/epochs", "secs"):
+        table.add_column(col, no_wrap=True)
     for o in outcomes:
         r = o.record
         table.add_row(o.backbone, o.status, f"{r['val']['metrics']['roc_auc']['value']:.4f}",
-                      f"{r['threshold']['threshold']:.3f}", str(r["best_epoch"]), str(r["epochs_run"]),
-                      f"{r['train_seconds']:.0f}", str(r.get("data", {}).get("skipped_files", 0)))
+                      f"{r['threshold']['threshold']:.3f}", f"{r['best_epoch']}/{r['epochs_run']}",
+                      f"{r['train_seconds']:.0f}")
+        bad = r.get("data", {}).get("skipped_files", 0)
+        if bad:
+            console.print(f"[yellow]{o.backbone}: {bad} unreadable file(s) skipped (listed in {o.run_dir}/run.json)")
     out.print(table)
 
 

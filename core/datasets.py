@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.data import DataError, DataSource, Sample, load_images, read_source
+from core.data import DataError, DataSource, load_images, read_source
 from core.preprocess import Preprocess
 from core.split import Split, make_split
 from core.synthetic import SyntheticSpec, ensure_synthetic
@@ -65,9 +65,7 @@ def load_sides(split: Split, preprocess: Preprocess, *, sides=("train", "val", "
     out: dict[str, SideImages] = {}
     skipped: list[tuple[str, str]] = []
     for side in sides:
-        entries = split.side(side)
-        samples = [Sample(path=e.path, label=e.label, patient=e.patient, side=e.side) for e in entries]
-        images, kept, bad = load_images(samples, preprocess, skip_bad=skip_bad, progress=progress)
+        images, kept, bad = load_images(split.samples(side), preprocess, skip_bad=skip_bad, progress=progress)
         skipped += bad
         out[side] = SideImages(side, images, np.asarray([s.label for s in kept], np.int64), [s.path for s in kept])
     return out, skipped

@@ -172,7 +172,11 @@ def _roc_points(y_true: Any, scores: Any, what: str) -> tuple[np.ndarray, np.nda
     y, s = _check_inputs(y_true, scores)
     _require_both_classes(y, what)
     fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)
-    # roc_curve starts with threshold=inf (nothing called positive): not a usable probability cut.
+    # roc_curve starts with threshold=inf (nothing called positive). As a probability cut that point
+    # is the smallest number above the top score, which exists in [0, 1] unless the top score is 1.0.
+    thr = thr.copy()
+    top = float(s.max())
+    thr[0] = np.nextafter(top, np.inf) if top < 1.0 else np.inf
     keep = np.isfinite(thr)
     return thr[keep], tpr[keep], 1.0 - fpr[keep]
 
@@ -180,9 +184,8 @@ def _roc_points(y_true: Any, scores: Any, what: str) -> tuple[np.ndarray, np.nda
 def youden_threshold(y_true: Any, scores: Any) -> float:
     """Threshold maximising Youden's J = sensitivity + specificity - 1 on validation data.
 
-    Candidates are the observed scores, so the result is finite and in [0, 1]. Among ties the
-    highest threshold (the most specific) wins. Dropping roc_curve's ``inf`` point loses nothing:
-    its J is 0, the same as the lowest threshold's.
+    Candidates are the observed scores (and the cut just above the top score), so the result is
+    finite and in [0, 1]. Among ties the highest threshold (the most specific) wins.
     """
     thr, sens, spec = _roc_points(y_true, scores, "Youden's threshold (from the ROC curve)")
     return float(thr[np.argmax(sens + spec - 1.0)])
@@ -191,8 +194,9 @@ def youden_threshold(y_true: Any, scores: Any) -> float:
 def sensitivity_at_specificity(y_true: Any, scores: Any, min_specificity: float = 0.90) -> dict[str, float]:
     """The operating point with the highest sensitivity among those with specificity >= ``min_specificity``.
 
-    Among equal sensitivities the highest threshold (the most specific) wins. Raises when no
-    threshold in [0, 1] reaches the specificity (the top score is a NORMAL case scored 1.0).
+    Among equal sensitivities the highest threshold (the most specific) wins. The cut just above the
+    top score (specificity 1, sensitivity 0) is always a candidate; only when the top score is a
+    NORMAL case scored exactly 1.0 can no threshold in [0, 1] reach the specificity, which raises.
     """
     if not (np.isfinite(min_specificity) and 0.0 <= min_specificity <= 1.0):
         raise ValueError(f"min_specificity={min_specificity!r} is not allowed; use a fraction in [0, 1], e.g. 0.90")

@@ -66,12 +66,14 @@ class Backbone:
             # classifier swap and ViT position-embedding resampling for another input size.
             kwargs["pretrained_cfg_overlay"] = {"file": str(path.resolve()), "hf_hub_id": None, "url": None}
             try:
-                return timm.create_model(self.timm_id, pretrained=True, **kwargs)
-            except (RuntimeError, KeyError, ValueError) as err:
+                model = timm.create_model(self.timm_id, pretrained=True, **kwargs)
+            except (RuntimeError, KeyError, ValueError, OSError) as err:
                 raise RegistryError(
                     f"could not load {self.name} weights from {str(path)!r}: {err}. The file must be a "
                     f"state dict of timm's {self.timm_id}."
                 ) from err
+            _check_weights_cover(model, path, self)
+            return model
         if pretrained:
             try:
                 return timm.create_model(self.timm_id, pretrained=True, **kwargs)
@@ -95,6 +97,22 @@ class Backbone:
 
     def preprocess(self, size: int) -> Preprocess:
         return Preprocess.for_model(size)
+
+
+def _check_weights_cover(model: nn.Module, path: Path, backbone: Backbone) -> None:
+    """timm loads files non-strictly; refuse a file that leaves backbone weights at random init."""
+    from timm.models import load_state_dict
+
+    file_keys = set(load_state_dict(str(path)).keys())
+    head = model.pretrained_cfg.get("classifier", "")
+    missing = [k for k in model.state_dict() if k not in file_keys and not k.startswith(f"{head}.")
+               and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise RegistryError(
+            f"could not load {backbone.name} weights from {str(path)!r}: {len(missing)} backbone tensors are "
+            f"missing from the file (e.g. {', '.join(missing[:3])}). The file must be a state dict of timm's "
+            f"{backbone.timm_id}."
+        )
 
 
 class _TokensToGrid:

@@ -24,7 +24,7 @@ from core.data import LABELS, DataError, DataSource, Sample
 SIDES = ("train", "val", "test")
 METHODS = ("patient", "official")
 FORMAT = "cxr-edge-split/1"
-_REMAKE = "make a new one with `cxr-edge split`"
+_REMAKE = "make a new one with `cxr-edge data split`"
 
 
 @dataclass(frozen=True)

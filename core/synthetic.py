@@ -29,7 +29,7 @@ from PIL import Image
 from rich.progress import track
 from scipy import ndimage
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 CLASSES = ("NORMAL", "PNEUMONIA")
 MANIFEST_COLUMNS = ("path", "label", "patient_id", "mask")
 _LESION_LEVEL = 0.35  # an opacity's mask is where it exceeds this share of its own peak
@@ -151,7 +151,7 @@ def _lesions(rng: np.random.Generator, anat: dict, x: np.ndarray, y: np.ndarray)
     mask = np.zeros(x.shape, bool)
     for _ in range(int(rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15]))):
         lung, cx, cy = _lesion_center(rng, anat)
-        size = float(np.exp(rng.uniform(np.log(0.05), np.log(0.16))))  # small nodule .. lobar
+        size = float(np.exp(rng.uniform(np.log(0.09), np.log(0.26))))  # small nodule .. lobar
         shape = np.zeros_like(x)
         for k in range(int(rng.integers(1, 6))):  # k > 0: blobs around the centre make it irregular
             ox, oy = (rng.normal(0, 0.7 * size, 2) if k else (0.0, 0.0))
@@ -163,7 +163,8 @@ def _lesions(rng: np.random.Generator, anat: dict, x: np.ndarray, y: np.ndarray)
             continue
         shape /= peak
         mask |= shape > _LESION_LEVEL
-        total += float(np.exp(rng.uniform(np.log(0.10), np.log(0.35)))) * shape  # ground glass .. dense
+        faint = rng.random() < 0.1  # some faint ground glass, most denser consolidation
+        total += rng.uniform(0.10, 0.20) * shape if faint else rng.uniform(0.30, 0.60) * shape
     return total, mask
 
 
@@ -203,7 +204,7 @@ def _render_one(rng: np.random.Generator, anat: dict, label: int, size: int) -> 
     img = 0.04 + anat["soft_tissue"] * body
     img += 0.22 * medi * body + 0.10 * heart + 0.12 * spine
     img -= anat["lung_dark"] * lung_only * (1.0 - 0.35 * medi)
-    img += 0.08 * ribs + 0.025 * _sample(anat["markings"], x, y) * lung_only
+    img += 0.055 * ribs + 0.025 * _sample(anat["markings"], x, y) * lung_only
     if anat["clavicles"]:
         for side in (-1.0, 1.0):
             d = y + 0.62 - 0.35 * (side * x - 0.15)
@@ -223,9 +224,12 @@ def _render_one(rng: np.random.Generator, anat: dict, label: int, size: int) -> 
     mask = np.zeros((size, size), bool)
     lung_mask = lung_only > 0.5
     if label == 1:
-        opacity, mask = _lesions(rng, anat, x, y)
+        for _ in range(10):  # a lesion peaking under the heart shadow can miss the lung mask: redraw
+            opacity, mask = _lesions(rng, anat, x, y)
+            mask &= lung_mask
+            if mask.any():
+                break
         img += opacity * lung_only
-        mask &= lung_mask
 
     # Exposure, blur and noise.
     contrast, bright, gamma = rng.uniform(0.75, 1.25), rng.uniform(-0.08, 0.08), rng.uniform(0.8, 1.25)

@@ -84,6 +84,20 @@ class Dist:
         return cls()
 
 
+def init_head(model: nn.Module, prior: float) -> None:
+    """Start the fresh classifier near the class prior: small weights, bias = logit of the prior.
+
+    The prior-probability bias init of focal loss's paper (Lin et al. 2017, section 4.1); without it a
+    randomly initialised network starts with large logits and spends its first epochs undoing them.
+    """
+    head = model.get_classifier()
+    if not isinstance(head, nn.Linear):
+        raise TypeError(f"expected a linear classifier, got {type(head).__name__}")
+    nn.init.normal_(head.weight, std=0.01)
+    p = min(max(prior, 1e-3), 1 - 1e-3)
+    nn.init.constant_(head.bias, math.log(p / (1 - p)))
+
+
 def roc_auc_or_nan(y: np.ndarray, p: np.ndarray) -> float:
     from sklearn.metrics import roc_auc_score
 
@@ -215,7 +229,9 @@ def fit(config: TrainConfig, split: Split, sides: dict[str, SideImages], run_dir
     backbone = registry.get(config.backbone)
     preprocess = backbone.preprocess(config.size)
     train, val = sides["train"], sides["val"]
-    model = backbone.build(config.size, pretrained=config.pretrained, weights=config.weights).to(device)
+    model = backbone.build(config.size, pretrained=config.pretrained, weights=config.weights)
+    init_head(model, prior=float(np.mean(train.labels)))
+    model = model.to(device)
     if device.type == "cuda" and config.amp:
         model = model.to(memory_format=torch.channels_last)
     alpha = config.alpha if config.alpha is not None else alpha_from_frequency(train.labels)

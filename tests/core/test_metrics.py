@@ -224,3 +224,12 @@ def test_bad_bootstrap_and_curve_input_raises():
         youden_threshold([0, 0], [0.1, 0.2])
     with pytest.raises(ValueError, match="needs both classes"):
         choose_operating_point([1, 1], [0.1, 0.2])
+
+
+def test_constant_scores_still_have_a_specific_operating_point():
+    # An untrained model scoring every case 0.73: only the cut just above 0.73 reaches specificity 0.9.
+    y = np.array([0, 0, 1, 1, 1])
+    s = np.full(5, 0.73)
+    op = sensitivity_at_specificity(y, s, 0.9)
+    assert op["specificity"] == 1.0 and op["sensitivity"] == 0.0 and 0.73 < op["threshold"] <= 1.0
+    assert 0.0 <= youden_threshold(y, s) <= 1.0

@@ -1,0 +1,122 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from core import runs
+from core.datasets import load_sides
+from core.train import TrainConfig, augment, fit, init_head, lr_at, predict_probs
+
+BACKBONE = "mobilenetv3_large_100"  # the fastest of the seven on a CPU
+
+
+def _config(**kw):
+    base = dict(backbone=BACKBONE, size=32, epochs=2, batch_size=8, lr=2e-3, seed=7, threads=2)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def sides(tiny_split):
+    from core.preprocess import Preprocess
+
+    return load_sides(tiny_split, Preprocess.for_model(32), sides=("train", "val"), progress=False)[0]
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero():
+    c = _config(lr=1.0, warmup=0.1)
+    lrs = [lr_at(s, 100, c) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and max(lrs) == pytest.approx(1.0)
+    assert np.argmax(lrs) == 9 and all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert lrs[-1] < 0.01
+
+
+def test_augment_is_seeded_and_keeps_shape():
+    x = torch.randn(4, 3, 32, 32)
+    a = augment(x, torch.Generator().manual_seed(1))
+    b = augment(x, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.allclose(a, x)
+
+
+def test_init_head_starts_at_the_prior():
+    from core.registry import get
+
+    model = get("resnet18").build(32).eval()
+    init_head(model, prior=0.75)
+    with torch.no_grad():
+        p = torch.sigmoid(model(torch.randn(8, 3, 32, 32))).flatten()
+    assert torch.allclose(p, torch.full_like(p, 0.75), atol=0.1)
+
+
+@pytest.mark.parametrize("bad", [dict(epochs=0), dict(lr=-1.0), dict(alpha=1.5), dict(device="tpu"),
+                                 dict(backbone="nope")])
+def test_config_rejects_bad_values(bad):
+    with pytest.raises(ValueError):
+        _config(**bad)
+
+
+def test_fit_writes_a_complete_run_without_pickle(tiny_split, sides, tmp_path):
+    result = fit(_config(), tiny_split, sides, tmp_path / "run")
+    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert files == {"model.safetensors", "run.json", "split.json", "log.jsonl"}
+    rec = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert rec["threshold"]["chosen_on"] == "val" and 0 <= rec["threshold"]["threshold"] <= 1
+    assert rec["split"]["hash"] == tiny_split.hash and rec["init"].startswith("trained from scratch")
+    assert rec["preprocess"]["size"] == 32 and rec["epochs_run"] == 2 and len(rec["history"]) == 2
+    assert "roc_auc" in rec["val"]["metrics"] and rec["environment"]["versions"]["torch"]
+    assert len((tmp_path / "run" / "log.jsonl").read_text().splitlines()) == 2
+    # The run loads back into the same model: same validation probabilities.
+    run = runs.load_run(tmp_path / "run")
+    model = run.build_model()
+    p = predict_probs(model, sides["val"], run.preprocess, torch.device("cpu"))
+    assert rec["best_epoch"] in (1, 2)
+    assert result.record["val"]["n"] == len(p)
+
+
+def test_resume_after_interruption_gives_the_same_model(tiny_split, sides, tmp_path, monkeypatch):
+    import core.train as train_mod
+
+    full = fit(_config(), tiny_split, sides, tmp_path / "full")
+    real = train_mod.train_one_epoch
+
+    def interrupt_second_epoch(*args, epoch, **kw):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(*args, epoch=epoch, **kw)
+
+    monkeypatch.setattr(train_mod, "train_one_epoch", interrupt_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        fit(_config(), tiny_split, sides, tmp_path / "cut")
+    assert (tmp_path / "cut" / "checkpoint" / "state.json").is_file()
+    assert not (tmp_path / "cut" / "run.json").exists()
+    with pytest.raises(runs.RunError, match="--resume"):
+        runs.load_run(tmp_path / "cut")
+    monkeypatch.setattr(train_mod, "train_one_epoch", real)
+    resumed = fit(_config(), tiny_split, sides, tmp_path / "cut", resume=True)
+    assert [h["val_auc"] for h in resumed.history] == pytest.approx([h["val_auc"] for h in full.history])
+    a = runs.load_run(tmp_path / "full").build_model().state_dict()
+    b = runs.load_run(tmp_path / "cut").build_model().state_dict()
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+
+
+def test_resume_refuses_changed_settings(tiny_split, sides, tmp_path, monkeypatch):
+    import core.train as train_mod
+
+    real = train_mod.train_one_epoch
+
+    def interrupt(*args, epoch, **kw):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(*args, epoch=epoch, **kw)
+
+    monkeypatch.setattr(train_mod, "train_one_epoch", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        fit(_config(), tiny_split, sides, tmp_path / "cut")
+    monkeypatch.setattr(train_mod, "train_one_epoch", real)
+    with pytest.raises(runs.RunError, match="lr: 0.002 -> 0.01"):
+        fit(_config(lr=1e-2), tiny_split, sides, tmp_path / "cut", resume=True)
+
+
+def test_nan_loss_is_a_clear_error(tiny_split, sides, tmp_path):
+    with pytest.raises(runs.RunError, match="lower --lr"):
+        fit(_config(lr=1e30, grad_clip=1e30, epochs=1), tiny_split, sides, tmp_path / "nan")
