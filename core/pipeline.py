@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from core import registry, runs
 from core.datasets import load_sides, resolve_source, split_for
 from core.synthetic import SyntheticSpec
-from core.train import TrainConfig, fit
+from core.train import Dist, TrainConfig, fit
 
 
 @dataclass(frozen=True)
@@ -43,11 +43,18 @@ class Outcome:
 def train_backbones(names: list[str], base: TrainConfig, data: DataConfig, out: str | Path, *,
                     resume: bool = False, force: bool = False, console: Console | None = None,
                     show_progress: bool = True) -> list[Outcome]:
-    console = console or Console(stderr=True)
+    dist = Dist.init()  # under torchrun: rank 0 prepares data and writes; the others wait, then read
+    console = console or Console(stderr=True, quiet=not dist.main)
+    show_progress = show_progress and dist.main
     out = Path(out)
+    if not dist.main:
+        dist.barrier()
     source = resolve_source(data.data, skip_bad=data.skip_bad, synthetic=data.synthetic, progress=show_progress)
     split = split_for(source, method=data.split_method, seed=data.split_seed, ratios=data.ratios,
-                      split_file=data.split_file, save_to=None if data.split_file else out / "split.json")
+                      split_file=data.split_file,
+                      save_to=None if data.split_file or not dist.main else out / "split.json")
+    if dist.main:
+        dist.barrier()
     console.print(f"data: {source.root} ({source.kind}); split {split.hash} ({split.method}, seed {split.seed}): "
                   + ", ".join(f"{s} {c['images']} img / {c['patients']} patients" for s, c in split.counts().items()))
     configs = [replace(base, backbone=n) for n in names]
@@ -71,8 +78,9 @@ def train_backbones(names: list[str], base: TrainConfig, data: DataConfig, out: 
                                              progress=show_progress)
             sides, skipped = by_size[c.size]
             run_dir = out / c.backbone
-            if plans[c.backbone] == "fresh":
+            if plans[c.backbone] == "fresh" and dist.main:
                 runs.remove_run(run_dir)
+            dist.barrier()
             extra = {"data": {**extra_common["data"], "skipped_files": len(source.skipped) + len(skipped),
                               "skipped": (source.skipped + skipped)[:50]}}
             result = fit(c, split, sides, run_dir, resume=plans[c.backbone] == "resume", progress=progress,

@@ -29,7 +29,7 @@ from PIL import Image
 from rich.progress import track
 from scipy import ndimage
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 CLASSES = ("NORMAL", "PNEUMONIA")
 MANIFEST_COLUMNS = ("path", "label", "patient_id", "mask")
 _LESION_LEVEL = 0.35  # an opacity's mask is where it exceeds this share of its own peak
@@ -151,7 +151,7 @@ def _lesions(rng: np.random.Generator, anat: dict, x: np.ndarray, y: np.ndarray)
     mask = np.zeros(x.shape, bool)
     for _ in range(int(rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15]))):
         lung, cx, cy = _lesion_center(rng, anat)
-        size = float(np.exp(rng.uniform(np.log(0.09), np.log(0.26))))  # small nodule .. lobar
+        size = float(np.exp(rng.uniform(np.log(0.11), np.log(0.28))))  # small nodule .. lobar
         shape = np.zeros_like(x)
         for k in range(int(rng.integers(1, 6))):  # k > 0: blobs around the centre make it irregular
             ox, oy = (rng.normal(0, 0.7 * size, 2) if k else (0.0, 0.0))
@@ -164,7 +164,7 @@ def _lesions(rng: np.random.Generator, anat: dict, x: np.ndarray, y: np.ndarray)
         shape /= peak
         mask |= shape > _LESION_LEVEL
         faint = rng.random() < 0.1  # some faint ground glass, most denser consolidation
-        total += rng.uniform(0.10, 0.20) * shape if faint else rng.uniform(0.30, 0.60) * shape
+        total += rng.uniform(0.15, 0.25) * shape if faint else rng.uniform(0.35, 0.70) * shape
     return total, mask
 
 

@@ -83,6 +83,22 @@ class Dist:
             return cls(torch.distributed.get_rank(), torch.distributed.get_world_size())
         return cls()
 
+    @classmethod
+    def init(cls) -> "Dist":
+        """Join the process group that ``torchrun`` describes in the environment (no-op otherwise)."""
+        import os
+
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            torch.distributed.init_process_group(backend=backend)
+            if torch.cuda.is_available():
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        return cls.current()
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
 
 def init_head(model: nn.Module, prior: float) -> None:
     """Start the fresh classifier near the class prior: small weights, bias = logit of the prior.
@@ -106,7 +122,9 @@ def roc_auc_or_nan(y: np.ndarray, p: np.ndarray) -> float:
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RunError(f"device {name!r} asked for, but no CUDA GPU is visible to torch; use --device cpu")
     return torch.device(name)
@@ -312,6 +330,7 @@ def fit(config: TrainConfig, split: Split, sides: dict[str, SideImages], run_dir
         "environment": io.environment(),
         **(extra or {}),
     }
+    dist.barrier()  # every rank has restored the best weights before rank 0 removes the checkpoint
     if dist.main:
         write_run(run_dir, model, record, split)
         ckpt.clear()
