@@ -1,8 +1,9 @@
-# cxr-edge recipes. Variables can be set on the command line: `just train-all data=<folder> size=128`.
+# cxr-edge recipes. Variables: `just train-all data=<folder> size=128 epochs=1 backbones=resnet18`
+# (NAME=VALUE after the recipe name, or before it as just's own overrides).
 set shell := ["bash", "-euo", "pipefail", "-c"]
+set positional-arguments := true
 
-venv := justfile_directory() / ".venv"
-bin := venv / "bin"
+bin := justfile_directory() / ".venv" / "bin"
 data := "synthetic"
 size := "64"
 epochs := "4"
@@ -15,24 +16,36 @@ default:
 
 # create .venv and install cxr-edge with its pinned dependencies (torch is never replaced)
 setup:
-    test -x {{bin}}/python || python3 -m venv {{venv}}
+    test -x {{bin}}/python || python3 -m venv {{parent_directory(bin)}}
     {{bin}}/pip install -q -c constraints.txt -e '.[dev,openvino]'
 
-# the main job on the built-in synthetic data: train all seven backbones and evaluate them
-demo: (train-all) (evaluate)
+# the main job on the built-in synthetic data: train all seven backbones, evaluate them
+demo: train-all evaluate
 
-# train the backbones with identical settings (data=, size=, epochs=, backbones=, out=)
-train-all:
-    {{bin}}/cxr-edge train-all --data {{data}} --size {{size}} --epochs {{epochs}} --backbones {{backbones}} --out {{out}}
+# train backbones with identical settings (data= size= epochs= backbones= out=)
+train-all *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    data={{quote(data)}} size={{size}} epochs={{epochs}} backbones={{backbones}} out={{quote(out)}}
+    source tools/recipe-args.sh "data size epochs backbones out" "$@"
+    {{bin}}/cxr-edge train-all --data "$data" --size "$size" --epochs "$epochs" --backbones "$backbones" --out "$out"
 
 # evaluate every run in out= and their ensemble on the test side of the saved split
-evaluate:
-    {{bin}}/cxr-edge evaluate {{out}} --split test
+evaluate *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    out={{quote(out)}}
+    source tools/recipe-args.sh "out" "$@"
+    {{bin}}/cxr-edge evaluate "$out" --split test
 
 # check the saved split of out= for patients on two sides
-audit:
-    {{bin}}/cxr-edge data audit {{out}}/split.json
+audit *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    out={{quote(out)}}
+    source tools/recipe-args.sh "out" "$@"
+    {{bin}}/cxr-edge data audit "$out/split.json"
 
-# run the test suite (fast, offline)
+# run the test suite (fast, offline); extra arguments go to pytest
 test *args:
-    {{bin}}/python -m pytest -q {{args}}
+    {{bin}}/python -m pytest -q "$@"

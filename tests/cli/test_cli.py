@@ -96,3 +96,19 @@ def test_audit_fails_loudly_on_a_patient_on_two_sides(tmp_path, tiny_split):
     bad.save(tmp_path / "split.json")
     r = invoke("data", "audit", tmp_path / "split.json")
     assert r.exit_code == 1 and train_patient.patient in r.output
+
+
+@pytest.mark.parametrize("command", ["train", "train_all"])
+def test_cli_defaults_are_the_trainer_defaults(command):
+    """The options repeat TrainConfig's defaults for --help; they must not drift apart."""
+    import dataclasses
+    import inspect
+
+    from cli import train_cmd
+    from core.train import TrainConfig
+
+    params = inspect.signature(getattr(train_cmd, command)).parameters
+    fields = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name in params}
+    assert fields, "no shared options found"
+    for name, default in fields.items():
+        assert params[name].default == default, f"--{name.replace('_', '-')}: CLI {params[name].default!r} != {default!r}"
