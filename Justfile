@@ -6,7 +6,7 @@ set positional-arguments := true
 bin := justfile_directory() / ".venv" / "bin"
 data := "synthetic"
 size := "64"
-epochs := "4"
+epochs := "5"
 backbones := "all"
 out := "runs"
 
@@ -19,8 +19,8 @@ setup:
     test -x {{bin}}/python || python3 -m venv {{parent_directory(bin)}}
     {{bin}}/pip install -q -c constraints.txt -e '.[dev,openvino]'
 
-# the main job on the built-in synthetic data: train all seven backbones, evaluate them
-demo: train-all evaluate
+# the main job on the built-in synthetic data: train all seven backbones, export and evaluate them
+demo: train-all export evaluate
 
 # train backbones with identical settings (data= size= epochs= backbones= out=)
 train-all *args:
@@ -37,6 +37,14 @@ evaluate *args:
     out={{quote(out)}}
     source tools/recipe-args.sh "out" "$@"
     {{bin}}/cxr-edge evaluate "$out" --split test
+
+# export every run in out= to artifacts/, each artifact checked against PyTorch (formats= precisions= out=)
+export *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    out={{quote(out)}} formats=onnx,openvino precisions=all
+    source tools/recipe-args.sh "out formats precisions" "$@"
+    {{bin}}/cxr-edge export "$out" --out artifacts --formats "$formats" --precisions "$precisions"
 
 # check the saved split of out= for patients on two sides
 audit *args:

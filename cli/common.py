@@ -37,7 +37,8 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             console.print(f"[bold red]error:[/bold red] {err}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            console.print("[yellow]interrupted[/yellow]; finished files are kept, a run can go on with --resume")
+            console.print("[yellow]interrupted[/yellow]; finished files are kept (an interrupted training run "
+                          "continues with --resume)")
             sys.exit(130)
 
     return wrapper

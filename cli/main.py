@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import data_cmd, train_cmd
+from cli import data_cmd, export_cmd, train_cmd
 
 app = typer.Typer(
     name="cxr-edge",
@@ -23,6 +23,7 @@ app.add_typer(data_cmd.app, name="data")
 app.command("train")(train_cmd.train)
 app.command("train-all")(train_cmd.train_all)
 app.command("evaluate")(train_cmd.evaluate)
+app.command("export")(export_cmd.export)
 
 
 if __name__ == "__main__":

@@ -32,9 +32,9 @@ from core.split import Split
 class TrainConfig:
     backbone: str
     size: int = 64
-    epochs: int = 4
-    batch_size: int = 32
-    lr: float = 1e-3
+    epochs: int = 5
+    batch_size: int = 16
+    lr: float = 4e-3  # shared peak learning rate; see registry lr_scale
     weight_decay: float = 0.05
     warmup: float = 0.1  # fraction of all steps spent warming up linearly
     grad_clip: float = 1.0
@@ -130,13 +130,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def peak_lr(config: TrainConfig) -> float:
+    """The shared --lr times the backbone's registry ``lr_scale`` (1 for the CNNs)."""
+    return config.lr * registry.get(config.backbone).lr_scale
+
+
 def lr_at(step: int, total: int, config: TrainConfig) -> float:
     """Linear warm-up then cosine decay to zero, as a pure function of the step (resume needs no state)."""
+    peak = peak_lr(config)
     warm = max(1, round(config.warmup * total))
     if step < warm:
-        return config.lr * (step + 1) / warm
+        return peak * (step + 1) / warm
     progress = (step - warm) / max(1, total - warm)
-    return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -254,7 +260,7 @@ def fit(config: TrainConfig, split: Split, sides: dict[str, SideImages], run_dir
         model = model.to(memory_format=torch.channels_last)
     alpha = config.alpha if config.alpha is not None else alpha_from_frequency(train.labels)
     loss_fn = FocalLoss(gamma=config.gamma, alpha=alpha)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=peak_lr(config), weight_decay=config.weight_decay)
     use_scaler = device.type == "cuda" and config.amp and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
     net = model
@@ -312,6 +318,9 @@ def fit(config: TrainConfig, split: Split, sides: dict[str, SideImages], run_dir
         "config": config.to_dict(),
         "preprocess": preprocess.to_dict(),
         "init": _describe_init(config),
+        "optimizer": {"name": "AdamW", "peak_lr": peak_lr(config), "lr_scale": backbone.lr_scale,
+                      "weight_decay": config.weight_decay, "schedule": f"linear warm-up {config.warmup:.0%} + cosine",
+                      "grad_clip": config.grad_clip, "batch_size": config.batch_size},
         "loss": {"name": "sigmoid focal", "gamma": config.gamma, "alpha": alpha,
                  "alpha_source": "config" if config.alpha is not None else "training-side class frequency"},
         "split": {"hash": split.hash, "method": split.method, "seed": split.seed, "source": split.source,

@@ -178,6 +178,9 @@ TOLERANCES: dict[str, dict[str, float]] = {
 }
 
 
+AT_THRESHOLD = 1e-6  # reference probabilities this close to the threshold count as on it (see parity())
+
+
 @dataclass
 class ExportContext:
     """Everything a target needs for one run: the model, its preprocessing, calibration and
@@ -209,13 +212,18 @@ def parity(reference_logits: np.ndarray, logits: np.ndarray, labels: np.ndarray,
     if not np.all(np.isfinite(out)):
         raise ParityError(f"artifact returned {int(np.sum(~np.isfinite(out)))} non-finite logits")
     p_ref, p_out = 1 / (1 + np.exp(-ref)), 1 / (1 + np.exp(-out))
+    # Youden's threshold is an observed validation score, so the image that defines it sits on it and
+    # float rounding alone decides its side: images within AT_THRESHOLD of it are left out of agreement.
+    on_cut = np.abs(p_ref - threshold) <= AT_THRESHOLD
+    same = ((p_ref >= threshold) == (p_out >= threshold))[~on_cut]
     auc_ref = float(roc_auc_score(labels, p_ref)) if len(np.unique(labels)) == 2 else float("nan")
     auc_out = float(roc_auc_score(labels, p_out)) if len(np.unique(labels)) == 2 else float("nan")
     figures = {
         "n": int(len(ref)),
         "max_abs_logit": float(np.max(np.abs(ref - out))),
         "max_abs_prob": float(np.max(np.abs(p_ref - p_out))),
-        "agreement": float(np.mean((p_ref >= threshold) == (p_out >= threshold))),
+        "agreement": float(np.mean(same)) if same.size else 1.0,
+        "at_threshold": int(on_cut.sum()),
         "val_auc_reference": auc_ref,
         "val_auc": auc_out,
         "auc_change": auc_out - auc_ref,
@@ -266,3 +274,29 @@ def file_bytes(path: Path) -> int:
         if side.exists() and side != path:
             total += side.stat().st_size
     return total
+
+
+def artifact_files(path: Path) -> list[Path]:
+    """The files of one artifact: the main file first, then its side files (OpenVINO .bin, ONNX external data)."""
+    path = Path(path)
+    sides = [s for s in (path.with_suffix(".bin"), path.with_name(path.name + ".data")) if s != path and s.exists()]
+    return [path, *sides]
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 over an artifact's files in :func:`artifact_files` order (the main file alone when it has none)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for f in artifact_files(path):
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def run_hash(run) -> str:
+    """sha256 of the run's run.json bytes: names the exact trained model an artifact came from."""
+    import hashlib
+
+    return hashlib.sha256((Path(run.path) / "run.json").read_bytes()).hexdigest()

@@ -1,0 +1,343 @@
+"""From trained runs to checked artifacts and one manifest: the loop behind `cxr-edge export`.
+
+For every run and every (format, precision) asked for, build the artifact into a temporary folder
+beside its final place, load it back, compare it with the PyTorch model on the run's validation
+images, and only then move it into place. A failure becomes a record with its error, never a crash
+of the loop; ``<out>/manifest.json`` is rewritten atomically after every artifact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core import io
+from export.base import (FORMATS, PRECISIONS, ExportContext, ExportError, Format, ParityError, QuantConfig,
+                         TorchPredictor, artifact_files, artifact_name, calibration_set, file_bytes, file_sha256,
+                         get_format, parity, predict_batched, run_hash)
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "cxr-edge-artifacts/1"
+HUB_USERS = ("openvino", "tensorrt")  # formats built from the FP32 ONNX file when it exists
+
+
+def export_runs(runs: Sequence, out_dir: str | Path, formats: Sequence[Format | str], precisions: Sequence[str],
+                quant_overrides: dict[str, Any] | None = None, verify: bool = True, progress: bool = True,
+                console=None) -> list[dict[str, Any]]:
+    """Export each run to each format and precision; return one record per artifact (ok, failed or skipped).
+
+    ``quant_overrides`` are :class:`~export.base.QuantConfig` fields applied on top of each target's
+    preset (``accuracy_aware`` goes to OpenVINO only). With ``verify=False`` an artifact beyond
+    tolerance is kept, its figures recorded and ``verified`` false.
+    """
+    out_dir = Path(out_dir)
+    fmts = _order([get_format(f) if isinstance(f, str) else f for f in formats])
+    precs = [p for p in PRECISIONS if p in set(precisions)]
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown or not precs:
+        raise ValueError(f"precision(s) {unknown or list(precisions)} not known; choose from {', '.join(PRECISIONS)}")
+    quants = quant_configs(fmts, quant_overrides or {})
+    _check_unique(runs)
+    read_manifest(out_dir)  # a broken manifest stops us before any work, not after
+    missing = {f.name: f.missing() for f in fmts}
+    records: list[dict[str, Any]] = []
+    with _progress(progress, console) as bar:
+        task = bar.add_task("export", total=len(runs) * len(fmts) * len(precs))
+        for run in runs:
+            def starting(fmt: Format, precision: str, name: str = run.record["backbone"]) -> None:
+                bar.update(task, description=f"{name} {fmt.name} {precision}")
+
+            with contextlib.closing(_export_run(run, fmts, precs, quants, missing, out_dir, verify, starting)) as done:
+                for record in done:
+                    records.append(record)
+                    write_manifest(out_dir, [record])
+                    bar.advance(task)
+    return records
+
+
+def _export_run(run, fmts: list[Format], precs: list[str], quants: dict[str, QuantConfig],
+                missing: dict[str, str | None], out_dir: Path, verify: bool, starting=None):
+    """Yield one record per (format, precision) of one run; the run is prepared once, on first need."""
+    ctx, ctx_error, work = None, None, None
+    calibrate = "int8" in precs and any(not missing[f.name] and "int8" in f.precisions for f in fmts)
+    try:
+        for fmt in fmts:
+            for precision in precs:
+                if starting:
+                    starting(fmt, precision)
+                reason = missing[fmt.name] or (None if precision in fmt.precisions
+                                               else f"{fmt.name} has no {precision} path")
+                if reason:
+                    yield _clean({**_identity(run, fmt, precision), "status": "skipped", "reason": reason})
+                    continue
+                if ctx is None and ctx_error is None:
+                    work = Path(tempfile.mkdtemp(prefix=".tmp-work-", dir=_mkdir(out_dir / _name(run))))
+                    try:
+                        ctx = make_context(run, quants[fmt.name], work, calibrate=calibrate)
+                    except Exception as err:
+                        ctx_error = f"{type(err).__name__}: {err}"
+                if ctx_error:
+                    yield _clean({**_identity(run, fmt, precision), "status": "failed",
+                                  "error": f"could not prepare the run: {ctx_error}"})
+                else:
+                    yield _clean(export_one(ctx, fmt, precision, out_dir, quants[fmt.name], verify))
+    finally:
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def quant_configs(formats: Sequence[Format], overrides: dict[str, Any]) -> dict[str, QuantConfig]:
+    """One validated :class:`QuantConfig` per target: its preset, then the user's overrides."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    aware = bool(overrides.pop("accuracy_aware", False))
+    if aware and "openvino" not in [f.name for f in formats]:
+        raise ValueError("--accuracy-aware exists only for OpenVINO INT8 (nncf accuracy control); add openvino to "
+                         f"--formats (given: {', '.join(f.name for f in formats)}) or drop --accuracy-aware")
+    QuantConfig(**overrides)  # the shared fields are checked once, whatever the formats
+    return {f.name: QuantConfig.preset(f.name, **overrides, **({"accuracy_aware": aware} if f.name == "openvino"
+                                                                else {})) for f in formats}
+
+
+def make_context(run, quant: QuantConfig, work_dir: Path, calibrate: bool = True) -> ExportContext:
+    """The model, training-side calibration images, validation images and PyTorch's logits on them."""
+    from core.datasets import load_sides
+
+    split, pre = run.split(), run.preprocess
+    model = run.build_model()
+    val = load_sides(split, pre, sides=("val",), progress=False)[0]["val"]
+    if len(val.labels) == 0:
+        raise ExportError(f"the split of {run.path} has no validation images to check the artifacts on")
+    val_inputs = pre.normalize(val.images)
+    calibration = (calibration_set(split, pre, quant.n_calibration, quant.seed) if calibrate
+                   else np.zeros((0, pre.channels, pre.size, pre.size), np.float32))
+    reference = predict_batched(TorchPredictor(model), val_inputs)
+    return ExportContext(run=run, model=model, calibration=calibration, val_inputs=val_inputs, val_labels=val.labels,
+                         reference_logits=reference, quant=quant, work_dir=work_dir)
+
+
+def export_one(ctx: ExportContext, fmt: Format, precision: str, out_dir: Path, quant: QuantConfig,
+               verify: bool = True) -> dict[str, Any]:
+    """Build, load, compare, then move into place; any error becomes a "failed" record."""
+    run = ctx.run
+    rel = artifact_name(run.record["backbone"], fmt, precision)
+    final = out_dir / rel
+    record = _identity(run, fmt, precision)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{fmt.name}-{precision}-", dir=_mkdir(final.parent)))
+    t0 = time.perf_counter()
+    try:
+        module = importlib.import_module(fmt.module)
+        if fmt.name in HUB_USERS and not _try_hub(ctx):
+            record["hub_error"] = ctx.facts["hub_error"]  # the target had to start from PyTorch, or fails
+        ctx.quant = quant
+        if precision == "int8":
+            record["calibration"] = {**quant.to_dict(), "n_images": int(len(ctx.calibration)), "side": "train"}
+        facts = module.build(ctx, precision, tmp / final.name)
+        record.update(facts=facts, export_seconds=round(time.perf_counter() - t0, 3))
+        if not (tmp / final.name).is_file():
+            raise ExportError(f"{fmt.module}.build() wrote no {final.name}")
+        t1 = time.perf_counter()
+        logits = predict_batched(module.load(tmp / final.name), ctx.val_inputs)
+        figures = parity(ctx.reference_logits, logits, ctx.val_labels, run.threshold, precision)
+        record.update(parity=figures, parity_seconds=round(time.perf_counter() - t1, 3), verified=verify)
+        if not figures["within_tolerance"]:
+            message = parity_message(ctx, record, figures, verify)
+            if verify:
+                raise ParityError(message)
+            record["warning"] = message
+        _move_into_place(tmp / final.name, final)
+        record.update(status="ok", path=rel, bytes=file_bytes(final), sha256=file_sha256(final))
+    except Exception as err:
+        record.update(status="failed", error=f"{type(err).__name__}: {err}")
+        record.setdefault("export_seconds", round(time.perf_counter() - t0, 3))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return record
+
+
+def parity_message(ctx: ExportContext, record: dict[str, Any], f: dict[str, Any], verify: bool = True) -> str:
+    text = (f"{record['backbone']} {record['format']} {record['precision']} differs from PyTorch beyond tolerance on "
+            f"{f['n']} validation images: {'; '.join(f['failures'])} (max |logit difference| {f['max_abs_logit']:.3g}, "
+            f"max |probability difference| {f['max_abs_prob']:.3g}, decision agreement {f['agreement']:.3f}, "
+            f"val ROC-AUC {_num(f['val_auc_reference'])} -> {_num(f['val_auc'])})")
+    p = 1 / (1 + np.exp(-np.asarray(ctx.reference_logits, np.float64)))
+    if f["agreement"] < 1 and p.max() - p.min() < 0.05:
+        text += (f". PyTorch's own validation probabilities span only {p.min():.4f}..{p.max():.4f} around the "
+                 f"threshold {record['threshold']:.4f} (an undertrained model?), so tiny differences flip decisions")
+    if not verify:
+        return text + ". Kept because of --no-verify"
+    return text + ". Not written; export with --no-verify to keep it anyway"
+
+
+def _num(x: float) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.4f}"
+
+
+def _try_hub(ctx: ExportContext) -> bool:
+    """Make the FP32 ONNX file for targets that start from it; False (the error in ``ctx.facts["hub_error"]``)
+    when it cannot be made, as such a target may still convert from PyTorch."""
+    from export import onnx as onnx_target
+
+    try:
+        onnx_target.ensure_fp32(ctx)
+        return True
+    except Exception:
+        return False
+
+
+def _move_into_place(built: Path, final: Path) -> None:
+    """Side files first, the main file last (each an atomic rename); stale side files of an older build go."""
+    files = artifact_files(built)
+    for f in files[1:] + files[:1]:
+        os.replace(f, final.parent / f.name)
+    names = {f.name for f in files}
+    for stale in artifact_files(final)[1:]:
+        if stale.name not in names:
+            stale.unlink()
+
+
+# ------------------------------------------------------------------------------------ manifest
+
+
+def read_manifest(out_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(out_dir) / MANIFEST
+    if not path.exists():
+        return []
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ExportError(f"{path} is not valid JSON ({err}); move it away and export again") from err
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+        raise ExportError(f"{path} is not a {MANIFEST_FORMAT} manifest; move it away or choose another --out")
+    return list(data.get("artifacts", []))
+
+
+def merge_records(old: list[dict[str, Any]], new: list[dict[str, Any]], out_dir: Path) -> list[dict[str, Any]]:
+    """Replace records of the same (backbone, format, precision); keep the others.
+
+    A failed or skipped attempt does not replace a good artifact that is still on disk (e.g. a TensorRT
+    engine built on a GPU machine, re-exported on a CPU one): that record stays and notes the attempt.
+    """
+    merged = {_key(r): r for r in old}
+    for rec in new:
+        prev = merged.get(_key(rec))
+        if (rec["status"] != "ok" and prev and prev.get("status") == "ok" and prev.get("path")
+                and (Path(out_dir) / prev["path"]).exists()):
+            note = {k: rec.get(k) for k in ("status", "error", "reason", "created", "run_hash") if rec.get(k)}
+            merged[_key(rec)] = {**prev, "last_attempt": note}
+        else:
+            merged[_key(rec)] = rec
+    order = {name: i for i, name in enumerate(FORMATS)}
+    return sorted(merged.values(), key=lambda r: (r["backbone"], order.get(r["format"], 99),
+                                                  PRECISIONS.index(r["precision"]) if r["precision"] in PRECISIONS
+                                                  else 99))
+
+
+def write_manifest(out_dir: str | Path, new: list[dict[str, Any]]) -> Path:
+    out_dir = Path(out_dir)
+    records = merge_records(read_manifest(out_dir), new, out_dir)
+    return io.write_json(out_dir / MANIFEST, {"format": MANIFEST_FORMAT, "updated": io.now(), "artifacts": records})
+
+
+def load_artifact(record_or_path: dict[str, Any] | str | Path, out_dir: str | Path | None = None, **options):
+    """A predictor for a manifest record (its path is relative to ``out_dir``) or an artifact file."""
+    if isinstance(record_or_path, dict):
+        rec = record_or_path
+        if rec.get("status") != "ok" or not rec.get("path"):
+            raise ExportError(f"{rec.get('backbone')} {rec.get('format')} {rec.get('precision')} has no artifact "
+                              f"(status {rec.get('status')}: {rec.get('error') or rec.get('reason')})")
+        path, fmt = Path(out_dir or ".") / rec["path"], get_format(rec["format"])
+    else:
+        path = Path(record_or_path)
+        matches = [f for f in FORMATS.values() if path.name.endswith(f.suffix)]
+        if not matches:
+            raise ValueError(f"cannot tell the format of {path}: expected a name ending in "
+                             f"{', '.join(f.suffix for f in FORMATS.values())}")
+        fmt = matches[0]
+    return importlib.import_module(fmt.module).load(path, **options)
+
+
+# -------------------------------------------------------------------------------------- helpers
+
+
+def _identity(run, fmt: Format, precision: str) -> dict[str, Any]:
+    return {"backbone": run.record["backbone"], "format": fmt.name, "precision": precision, "status": None,
+            "path": None, "bytes": None, "sha256": None, "source_run": str(Path(run.path).resolve()),
+            "run_hash": run_hash(run), "split_hash": run.record["split"]["hash"],
+            "preprocess": run.preprocess.to_dict(), "threshold": run.threshold, "created": io.now(),
+            "versions": _versions()}
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = io.versions()
+    for name in ("cxr-edge", "onnxslim", "onnxscript", "tensorrt"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _order(formats: list[Format]) -> list[Format]:
+    """ONNX first (the hub others start from); no format twice."""
+    seen: dict[str, Format] = {}
+    for f in sorted(formats, key=lambda f: f.name != "onnx"):
+        seen.setdefault(f.name, f)
+    return list(seen.values())
+
+
+def _check_unique(runs: Sequence) -> None:
+    by: dict[str, list[str]] = {}
+    for run in runs:
+        by.setdefault(run.record["backbone"], []).append(str(run.path))
+    for name, paths in by.items():
+        if len(paths) > 1:
+            raise ValueError(f"{len(paths)} runs are of backbone {name} ({', '.join(paths)}); their artifacts would "
+                             f"overwrite each other: export them to different --out folders")
+
+
+def _name(run) -> str:
+    return run.record["backbone"]
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _key(rec: dict[str, Any]) -> tuple[str, str, str]:
+    return rec["backbone"], rec["format"], rec["precision"]
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe: NaN/inf become null (strict JSON readers reject them), tuples become lists."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _progress(enabled: bool, console=None):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, disable=not enabled, transient=False)

@@ -1,0 +1,201 @@
+"""The export loop: records, manifest, atomic placement, skips, failures and calibration from training images."""
+
+import hashlib
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.runs import load_run
+from export import base, pipeline
+from export.base import FORMATS, Format, TorchPredictor
+from export.pipeline import MANIFEST, export_one, export_runs, load_artifact, read_manifest
+
+FAKE = Format("fake", ".fake", ("fp32", "fp16"), "fake_target", (), None, description="two files, exact")
+
+
+@pytest.fixture
+def fake_target(monkeypatch):
+    """A format whose artifact is two files (like OpenVINO's .xml/.bin) and whose predictor is PyTorch itself."""
+    module = types.ModuleType("fake_target")
+    module.noise = 0.0
+    module.fail = None
+
+    def build(ctx, precision, dest):
+        if module.fail:
+            raise RuntimeError(module.fail)
+        dest.write_text(str(ctx.run.path))
+        dest.with_suffix(".bin").write_bytes(b"weights-" + precision.encode())
+        return {"precision_built": precision}
+
+    class Predictor:
+        def __init__(self, path):
+            self.torch = TorchPredictor(load_run(Path(path).read_text()).build_model())
+
+        def predict(self, batch):
+            return self.torch.predict(batch) + np.float32(module.noise)
+
+    module.build, module.load = build, lambda path, **kw: Predictor(path)
+    monkeypatch.setitem(sys.modules, "fake_target", module)
+    return module
+
+
+def _tmp_left(out: Path) -> list[Path]:
+    return [p for p in out.rglob("*") if ".tmp" in p.name]
+
+
+def test_records_manifest_and_files_agree(exported, trained_run):
+    records, out = exported
+    assert [r["precision"] for r in records] == ["fp32", "fp16", "int8"]
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["format"] == "cxr-edge-artifacts/1" and len(manifest["artifacts"]) == 3
+    for rec in manifest["artifacts"]:
+        path = out / rec["path"]
+        assert rec["status"] == "ok" and rec["path"] == f"resnet18/onnx-{rec['precision']}.onnx"
+        assert rec["bytes"] == path.stat().st_size
+        assert rec["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert rec["source_run"] == str(trained_run.path.resolve()) and rec["run_hash"] == base.run_hash(trained_run)
+        assert rec["split_hash"] == trained_run.record["split"]["hash"] and rec["threshold"] == trained_run.threshold
+        assert rec["preprocess"]["size"] == 32 and rec["versions"]["onnxruntime"] and rec["export_seconds"] > 0
+        assert rec["parity"]["n"] == len(trained_run.split().side("val")) and rec["verified"] is True
+        assert ("calibration" in rec) == (rec["precision"] == "int8")
+    assert not _tmp_left(out)
+    sizes = {r["precision"]: r["bytes"] for r in records}
+    assert sizes["int8"] < sizes["fp16"] < sizes["fp32"]
+
+
+def test_calibration_images_come_from_the_training_side_only(trained_run, monkeypatch, tmp_path):
+    import core.data
+
+    split = trained_run.split()
+    seen: list[str] = []
+    real = core.data.load_images
+
+    def spy(samples, *args, **kw):
+        seen.extend(s.path for s in samples)
+        return real(samples, *args, **kw)
+
+    monkeypatch.setattr(core.data, "load_images", spy)
+    x = base.calibration_set(split, trained_run.preprocess, n=20, seed=0)
+    train = {e.path for e in split.side("train")}
+    assert len(seen) == len(x) == 20 and set(seen) <= train
+    calls = []
+    monkeypatch.setattr(pipeline, "calibration_set", lambda *a, **kw: calls.append((a, kw)) or x)
+    pipeline.make_context(trained_run, base.QuantConfig(n_calibration=20, seed=5), tmp_path)
+    (split_arg, pre, n, seed), _ = calls[0]
+    assert split_arg.hash == split.hash and (n, seed) == (20, 5)
+
+
+def test_multi_file_artifact_is_placed_whole_and_manifest_merges(trained_run, tmp_path, fake_target):
+    out = tmp_path / "art"
+    first = export_runs([trained_run], out, [FAKE], ["fp32", "fp16", "int8"], progress=False)
+    by = {r["precision"]: r for r in first}
+    assert by["fp32"]["status"] == by["fp16"]["status"] == "ok"
+    assert by["int8"]["status"] == "skipped" and "fake has no int8 path" in by["int8"]["reason"]
+    assert (out / "resnet18/fake-fp16.bin").read_bytes() == b"weights-fp16"
+    assert by["fp16"]["bytes"] == base.file_bytes(out / "resnet18/fake-fp16.fake")
+    # A second export of one precision updates that record and keeps the others.
+    again = export_runs([trained_run], out, [FAKE], ["fp16"], progress=False)
+    manifest = read_manifest(out)
+    assert len(manifest) == 3 and [r["created"] for r in manifest if r["precision"] == "fp16"] == [again[0]["created"]]
+    # A failed attempt does not replace a good artifact still on disk: the record notes the attempt.
+    fake_target.fail = "simulated converter crash"
+    failed = export_runs([trained_run], out, [FAKE], ["fp32"], progress=False)
+    assert failed[0]["status"] == "failed" and failed[0]["error"] == "RuntimeError: simulated converter crash"
+    kept = next(r for r in read_manifest(out) if r["precision"] == "fp32")
+    assert kept["status"] == "ok" and "simulated converter crash" in kept["last_attempt"]["error"]
+    assert (out / kept["path"]).exists() and not _tmp_left(out)
+
+
+def test_parity_failure_leaves_nothing_in_place_and_says_why(onnx_ctx, tmp_path, monkeypatch):
+    from export import onnx as onnx_target
+
+    real = onnx_target.load
+
+    class Noisy:
+        def __init__(self, path, **kw):
+            self.inner = real(path, **kw)
+
+        def predict(self, batch):
+            return self.inner.predict(batch) + np.float32(0.01)
+
+    monkeypatch.setattr(onnx_target, "load", Noisy)
+    out = tmp_path / "art"
+    quant = base.QuantConfig.preset("onnx")
+    rec = export_one(onnx_ctx, FORMATS["onnx"], "fp32", out, quant, verify=True)
+    assert rec["status"] == "failed" and rec["error"].startswith("ParityError")
+    assert "max |logit difference| 0.01 > 0.0001" in rec["error"] and "--no-verify" in rec["error"]
+    assert rec["path"] is None and not (out / "resnet18/onnx-fp32.onnx").exists() and not _tmp_left(out)
+    assert rec["parity"]["within_tolerance"] is False
+    pipeline.write_manifest(out, [rec])
+    assert read_manifest(out)[0]["error"] == rec["error"]
+    # --no-verify keeps it, marked.
+    rec = export_one(onnx_ctx, FORMATS["onnx"], "fp32", out, quant, verify=False)
+    assert rec["status"] == "ok" and rec["verified"] is False and "beyond tolerance" in rec["warning"]
+    assert rec["warning"].endswith("Kept because of --no-verify")
+    assert (out / "resnet18/onnx-fp32.onnx").exists()
+
+
+def test_a_missing_backend_is_a_skipped_row_with_its_reason(trained_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(Format, "missing", lambda self: f"{self.name} needs nothing-here: pip install it")
+    monkeypatch.setattr(pipeline, "make_context", lambda *a, **kw: pytest.fail("nothing to build"))
+    records = export_runs([trained_run], tmp_path, ["onnx", "tensorrt"], ["fp32", "int8"], progress=False)
+    assert [(r["format"], r["status"]) for r in records] == [("onnx", "skipped")] * 2 + [("tensorrt", "skipped")] * 2
+    assert all("pip install it" in r["reason"] for r in read_manifest(tmp_path))
+
+
+def test_tensorrt_here_is_skipped_with_the_reason(trained_run, tmp_path):
+    if FORMATS["tensorrt"].missing() is None:
+        pytest.skip("TensorRT and a GPU are present here")
+    (rec,) = export_runs([trained_run], tmp_path, ["tensorrt"], ["fp16"], progress=False)
+    assert rec["status"] == "skipped" and "tensorrt" in rec["reason"] and rec["path"] is None
+
+
+def test_a_run_that_cannot_be_prepared_fails_each_artifact_and_the_loop_goes_on(trained_run, tmp_path, monkeypatch,
+                                                                                fake_target):
+    def broken(*a, **kw):
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(pipeline, "make_context", broken)
+    records = export_runs([trained_run], tmp_path, [FAKE], ["fp32", "fp16"], progress=False)
+    assert [r["status"] for r in records] == ["failed", "failed"]
+    assert "OSError: disk on fire" in records[0]["error"] and not _tmp_left(tmp_path)
+
+
+def test_bad_requests_are_refused_before_any_work(trained_run, tmp_path):
+    with pytest.raises(ValueError, match="precision"):
+        export_runs([trained_run], tmp_path, ["onnx"], ["fp64"], progress=False)
+    with pytest.raises(ValueError, match="accuracy-aware exists only for OpenVINO"):
+        export_runs([trained_run], tmp_path, ["onnx"], ["int8"], {"accuracy_aware": True}, progress=False)
+    with pytest.raises(ValueError, match="calibration 'median' is not known"):
+        export_runs([trained_run], tmp_path, ["onnx"], ["int8"], {"calibration": "median"}, progress=False)
+    with pytest.raises(ValueError, match="2 runs are of backbone resnet18"):
+        export_runs([trained_run, trained_run], tmp_path, ["onnx"], ["fp32"], progress=False)
+    (tmp_path / MANIFEST).write_text("{half")
+    with pytest.raises(base.ExportError, match="not valid JSON"):
+        export_runs([trained_run], tmp_path, ["onnx"], ["fp32"], progress=False)
+
+
+def test_presets_per_target_with_overrides():
+    configs = pipeline.quant_configs([FORMATS["onnx"], FORMATS["tensorrt"], FORMATS["openvino"]],
+                                     {"n_calibration": 50, "calibration": None, "accuracy_aware": True})
+    assert configs["onnx"].calibration == "minmax" and configs["tensorrt"].calibration == "entropy"
+    assert configs["tensorrt"].symmetric_activations and not configs["onnx"].symmetric_activations
+    assert configs["openvino"].accuracy_aware and not configs["onnx"].accuracy_aware
+    assert {c.n_calibration for c in configs.values()} == {50}
+
+
+def test_load_artifact_dispatches_by_record_or_suffix(exported, onnx_ctx):
+    records, out = exported
+    rec = records[0]
+    by_record = load_artifact(rec, out, threads=1)
+    by_path = load_artifact(out / rec["path"])
+    x = onnx_ctx.val_inputs[:4]
+    assert np.array_equal(by_record.predict(x), by_path.predict(x))
+    with pytest.raises(base.ExportError, match="has no artifact"):
+        load_artifact({**rec, "status": "skipped", "path": None, "reason": "why"}, out)
+    with pytest.raises(ValueError, match="cannot tell the format"):
+        load_artifact(out / "model.pt")
