@@ -73,10 +73,10 @@ def test_fit_writes_a_complete_run_without_pickle(tiny_split, sides, tmp_path):
     assert result.record["val"]["n"] == len(p)
 
 
-def test_resume_after_interruption_gives_the_same_model(tiny_split, sides, tmp_path, monkeypatch):
+def _interrupted_run(split, sides, run_dir, monkeypatch):
+    """Train with the second epoch interrupted (as by Ctrl-C), leaving a checkpoint behind."""
     import core.train as train_mod
 
-    full = fit(_config(), tiny_split, sides, tmp_path / "full")
     real = train_mod.train_one_epoch
 
     def interrupt_second_epoch(*args, epoch, **kw):
@@ -86,12 +86,17 @@ def test_resume_after_interruption_gives_the_same_model(tiny_split, sides, tmp_p
 
     monkeypatch.setattr(train_mod, "train_one_epoch", interrupt_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        fit(_config(), tiny_split, sides, tmp_path / "cut")
+        fit(_config(), split, sides, run_dir)
+    monkeypatch.setattr(train_mod, "train_one_epoch", real)
+
+
+def test_resume_after_interruption_gives_the_same_model(tiny_split, sides, tmp_path, monkeypatch):
+    full = fit(_config(), tiny_split, sides, tmp_path / "full")
+    _interrupted_run(tiny_split, sides, tmp_path / "cut", monkeypatch)
     assert (tmp_path / "cut" / "checkpoint" / "state.json").is_file()
     assert not (tmp_path / "cut" / "run.json").exists()
     with pytest.raises(runs.RunError, match="--resume"):
         runs.load_run(tmp_path / "cut")
-    monkeypatch.setattr(train_mod, "train_one_epoch", real)
     resumed = fit(_config(), tiny_split, sides, tmp_path / "cut", resume=True)
     assert [h["val_auc"] for h in resumed.history] == pytest.approx([h["val_auc"] for h in full.history])
     a = runs.load_run(tmp_path / "full").build_model().state_dict()
@@ -100,19 +105,7 @@ def test_resume_after_interruption_gives_the_same_model(tiny_split, sides, tmp_p
 
 
 def test_resume_refuses_changed_settings(tiny_split, sides, tmp_path, monkeypatch):
-    import core.train as train_mod
-
-    real = train_mod.train_one_epoch
-
-    def interrupt(*args, epoch, **kw):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real(*args, epoch=epoch, **kw)
-
-    monkeypatch.setattr(train_mod, "train_one_epoch", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        fit(_config(), tiny_split, sides, tmp_path / "cut")
-    monkeypatch.setattr(train_mod, "train_one_epoch", real)
+    _interrupted_run(tiny_split, sides, tmp_path / "cut", monkeypatch)
     with pytest.raises(runs.RunError, match="lr: 0.002 -> 0.01"):
         fit(_config(lr=1e-2), tiny_split, sides, tmp_path / "cut", resume=True)
 
