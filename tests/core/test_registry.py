@@ -94,3 +94,19 @@ def test_torchvision_imports_on_this_torch():
 
     assert _compat.ensure_torchvision() in (True, False)
     import pytorch_grad_cam  # noqa: F401
+
+
+@pytest.mark.slow
+def test_vit_imagenet_file_loads_whole_at_another_size(tmp_path):
+    """ViT's average-pool head keeps timm's final norm, so every backbone tensor of an ImageNet
+    file loads; the position embedding is resampled from 14x14 to the 4x4 grid of 64 px."""
+    import timm
+    from safetensors.torch import save_file
+
+    imagenet = timm.create_model("vit_base_patch16_224", num_classes=1000)
+    path = tmp_path / "vit.safetensors"
+    save_file(imagenet.state_dict(), str(path))
+    model = registry.get("vit_base_patch16_224").build(64, weights=path)
+    assert model.pos_embed.shape[1] == 1 + 4 * 4
+    for key in ("blocks.11.mlp.fc2.weight", "norm.weight", "patch_embed.proj.weight"):
+        assert torch.equal(model.state_dict()[key], imagenet.state_dict()[key])
