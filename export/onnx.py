@@ -164,7 +164,7 @@ def _build_int8(ctx: ExportContext, hub: Path, dest: Path) -> dict[str, Any]:
         source, facts["pre_process"] = hub, f"failed, quantized the FP32 model as is: {type(err).__name__}: {err}"
     args = quant_args(ctx, onnx.load(str(source), load_external_data=False))
     try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _quiet_root_logger():
             warnings.simplefilter("ignore")  # Entropy and Percentile print their progress
             quantize_static(str(source), str(dest), CalibrationReader(ctx.calibration), quant_format=QuantFormat.QDQ,
                             **args["kwargs"])
@@ -177,6 +177,21 @@ def _build_int8(ctx: ExportContext, hub: Path, dest: Path) -> dict[str, Any]:
     facts.update(describe(model), quantization=args["record"], calibration_images=int(len(ctx.calibration)))
     check_int8(facts)
     return {**facts, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """onnxruntime's quantizer logs one root-logger WARNING per 1-D weight ("Axis 1 is out-of-range",
+    hundreds for DenseNet's BatchNorm scales, which stay per-tensor); keep them off the user's screen."""
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def quant_args(ctx: ExportContext, model) -> dict[str, Any]:
