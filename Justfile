@@ -6,7 +6,7 @@ set positional-arguments := true
 bin := justfile_directory() / ".venv" / "bin"
 data := "synthetic"
 size := "64"
-epochs := "4"
+epochs := "5"
 backbones := "all"
 out := "runs"
 

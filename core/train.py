@@ -32,7 +32,7 @@ from core.split import Split
 class TrainConfig:
     backbone: str
     size: int = 64
-    epochs: int = 4
+    epochs: int = 5
     batch_size: int = 16
     lr: float = 4e-3  # shared peak learning rate; see registry lr_scale
     weight_decay: float = 0.05
