@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from core import io, registry
@@ -110,6 +109,3 @@ def remove_run(run_dir: Path) -> None:
     if run_dir.exists():
         shutil.rmtree(run_dir)
 
-
-def state_dict_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}

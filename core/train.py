@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -356,6 +356,3 @@ def _describe_init(config: TrainConfig) -> str:
         return "ImageNet weights from timm's hub"
     return "trained from scratch (random init)"
 
-
-def with_overrides(config: TrainConfig, **kw) -> TrainConfig:
-    return replace(config, **{k: v for k, v in kw.items() if v is not None})
