@@ -181,6 +181,13 @@ def _roc_points(y_true: Any, scores: Any, what: str) -> tuple[np.ndarray, np.nda
     return thr[keep], tpr[keep], 1.0 - fpr[keep]
 
 
+def roc_auc_or_nan(y_true: Any, scores: Any) -> float:
+    """ROC-AUC, or NaN when ``y_true`` holds one class only (a tiny validation side): for per-epoch
+    tracking and parity figures, where a missing AUC must not stop the work."""
+    y = np.asarray(y_true)
+    return float(roc_auc_score(y, scores)) if len(np.unique(y)) == 2 else float("nan")
+
+
 def youden_threshold(y_true: Any, scores: Any) -> float:
     """Threshold maximising Youden's J = sensitivity + specificity - 1 on validation data.
 

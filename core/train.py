@@ -22,7 +22,7 @@ from torch import nn
 from core import io, registry
 from core.datasets import SideImages
 from core.losses import FocalLoss, alpha_from_frequency
-from core.metrics import choose_operating_point, summarize
+from core.metrics import choose_operating_point, roc_auc_or_nan, summarize
 from core.preprocess import Preprocess
 from core.runs import RUN_FORMAT, RunError, write_run
 from core.split import Split
@@ -112,12 +112,6 @@ def init_head(model: nn.Module, prior: float) -> None:
     nn.init.normal_(head.weight, std=0.01)
     p = min(max(prior, 1e-3), 1 - 1e-3)
     nn.init.constant_(head.bias, math.log(p / (1 - p)))
-
-
-def roc_auc_or_nan(y: np.ndarray, p: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -204,7 +204,7 @@ def parity(reference_logits: np.ndarray, logits: np.ndarray, labels: np.ndarray,
 
     Returns the figures and whether they are inside this precision's tolerance.
     """
-    from sklearn.metrics import roc_auc_score
+    from core.metrics import roc_auc_or_nan
 
     ref, out = np.asarray(reference_logits, np.float64), np.asarray(logits, np.float64)
     if ref.shape != out.shape:
@@ -216,8 +216,7 @@ def parity(reference_logits: np.ndarray, logits: np.ndarray, labels: np.ndarray,
     # float rounding alone decides its side: images within AT_THRESHOLD of it are left out of agreement.
     on_cut = np.abs(p_ref - threshold) <= AT_THRESHOLD
     same = ((p_ref >= threshold) == (p_out >= threshold))[~on_cut]
-    auc_ref = float(roc_auc_score(labels, p_ref)) if len(np.unique(labels)) == 2 else float("nan")
-    auc_out = float(roc_auc_score(labels, p_out)) if len(np.unique(labels)) == 2 else float("nan")
+    auc_ref, auc_out = roc_auc_or_nan(labels, p_ref), roc_auc_or_nan(labels, p_out)
     figures = {
         "n": int(len(ref)),
         "max_abs_logit": float(np.max(np.abs(ref - out))),
