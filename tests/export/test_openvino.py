@@ -94,7 +94,8 @@ def test_int8_is_quantized_from_training_side_calibration(tiny, hub, tmp_path):
     assert counts["weighted_ops"] == {"int8": 21} and counts["float_weighted_ops"] == []
     assert facts["calibration_images"] == len(tiny.calibration) and facts["calibration_side"] == "train"
     assert facts["nncf_args"] == {"preset": "MIXED", "subset_size": 16, "model_type": None,
-                                  "per_channel_weights": True, "ignored_scope": None}
+                                  "per_channel_weights": True, "ignored_scope": None,
+                                  "activations_range_estimator": "MINMAX", "smooth_quant": False}
     predictor = openvino.load(tmp_path / "m.xml")
     logits = predictor.predict(tiny.val_inputs)
     assert np.corrcoef(logits, tiny.reference_logits)[0, 1] > 0.95
@@ -172,8 +173,28 @@ def test_nncf_arguments_translate_the_quant_config():
     vit = nncf_arguments(QuantConfig(symmetric_activations=True, per_channel=False,
                                      ignored=("blocks.0.*", "type:GroupConvolution")), "vit_base_patch16_224", 7)
     assert vit == {"preset": "PERFORMANCE", "subset_size": 7, "model_type": "TRANSFORMER", "per_channel_weights": False,
-                   "ignored_scope": {"patterns": [fnmatch.translate("blocks.0.*")], "types": ["GroupConvolution"]}}
+                   "ignored_scope": {"patterns": [fnmatch.translate("blocks.0.*")], "types": ["GroupConvolution"]},
+                   "activations_range_estimator": "MINMAX", "smooth_quant": False}
     assert nncf_arguments(QuantConfig(), "mobilenetv3_large_100", 300)["model_type"] is None
+    assert nncf_arguments(QuantConfig(calibration="percentile"), "resnet18", 300)["activations_range_estimator"] \
+        == "MEAN_QUANTILE"
+
+
+def test_nncf_keyword_arguments_are_accepted_by_nncf():
+    """Every setting reaches NNCF under a name its entry points take (per-tensor weights included)."""
+    import inspect
+
+    import nncf
+
+    from export.openvino import _nncf_kwargs, nncf_arguments
+
+    kwargs = _nncf_kwargs(nncf_arguments(QuantConfig(per_channel=False, ignored=("type:GroupConvolution",)),
+                                         "vit_base_patch16_224", 10))
+    assert set(kwargs) <= set(inspect.signature(nncf.quantize).parameters)
+    adv = kwargs["advanced_parameters"]
+    assert adv.smooth_quant_alphas.matmul == -1 and adv.weights_quantization_params.per_channel is False
+    assert adv.activations_range_estimator_params == \
+        nncf.quantization.range_estimator.RangeEstimatorParametersSet.MINMAX
 
 
 def test_int8_ignored_glob_matches_onnx_node_names(tiny, hub, tmp_path):
