@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import data_cmd, export_cmd, train_cmd
+from cli import bench_cmd, data_cmd, export_cmd, train_cmd
 
 app = typer.Typer(
     name="cxr-edge",
@@ -24,6 +24,9 @@ app.command("train")(train_cmd.train)
 app.command("train-all")(train_cmd.train_all)
 app.command("evaluate")(train_cmd.evaluate)
 app.command("export")(export_cmd.export)
+app.command("bench")(bench_cmd.bench)
+app.command("table")(bench_cmd.table)
+app.command("recommend")(bench_cmd.recommend)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,196 @@
+"""What can be benchmarked for one backbone on one device: a list of :class:`Target` objects.
+
+A target is one row of the table: an identity (backbone, format, precision, device, runtime) and
+either a loader that returns a predictor (``predict(float32 NCHW) -> logits``) or the reason it is
+skipped. PyTorch eager FP32 comes first, as the reference every other row is compared with; on CUDA
+it is joined by PyTorch FP16/BF16 autocast with channels-last memory format, and with ``compile`` by
+``torch.compile`` variants. Each manifest record becomes one target per runtime that can run it on
+the device (onnxruntime's CPU, CUDA or TensorRT execution provider; OpenVINO's CPU or GPU device;
+TensorRT engines on CUDA). A runtime that is absent gives a skipped row that says what to install.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass
+class Target:
+    backbone: str
+    format: str
+    precision: str
+    device: str
+    runtime: str
+    load: Callable[[], Any] | None = None
+    skip_reason: str | None = None
+    record: dict[str, Any] | None = None  # the manifest record (None for the PyTorch rows)
+    path: str | None = None
+    bytes: int | None = None
+    reference: bool = False  # the PyTorch eager FP32 row the others are compared with
+    sync: Callable[[], None] | None = None  # device synchronisation around timed calls
+    extra: dict[str, Any] = field(default_factory=dict)  # copied into the row (notes, warnings)
+
+    def identity(self) -> dict[str, Any]:
+        return {"backbone": self.backbone, "format": self.format, "precision": self.precision,
+                "device": self.device, "runtime": self.runtime}
+
+
+class TorchRunner:
+    """A PyTorch model run for benchmarking: eager or compiled, FP32 or autocast FP16/BF16, optionally
+    channels-last. Takes and returns host arrays like every other predictor."""
+
+    def __init__(self, model, device: str = "cpu", amp_dtype: str | None = None, channels_last: bool = False,
+                 compile: bool = False) -> None:
+        import torch
+
+        self.torch, self.device = torch, torch.device(device)
+        model = model.to(self.device).eval()
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = torch.compile(model) if compile else model
+        self.amp = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp_dtype or "")
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+            x = x.contiguous(memory_format=self.memory_format)
+            if self.amp is not None:
+                with torch.autocast(self.device.type, dtype=self.amp):
+                    out = self.model(x)
+            else:
+                out = self.model(x)
+            return out.float().flatten().cpu().numpy()
+
+
+def cuda_sync() -> None:
+    import torch
+
+    torch.cuda.synchronize()
+
+
+def torch_targets(backbone: str, model, device: str, compile: bool = False,
+                  weights_bytes: int | None = None, weights_path: str | None = None) -> list[Target]:
+    """The PyTorch rows: eager FP32 (the reference); on CUDA also FP16/BF16 autocast, channels-last;
+    with ``compile`` a ``torch.compile`` twin of each."""
+    import torch
+
+    def make(amp: str | None, cl: bool, comp: bool) -> Callable[[], TorchRunner]:
+        return lambda: TorchRunner(model, device, amp_dtype=amp, channels_last=cl, compile=comp)
+
+    common = {"backbone": backbone, "format": "pytorch", "device": device, "bytes": weights_bytes,
+              "path": weights_path}
+    sync = cuda_sync if device == "cuda" else None
+    variants: list[tuple[str, str | None, bool]] = [("fp32", None, False)]
+    if device == "cuda":
+        variants += [("fp16", "fp16", True), ("bf16", "bf16", True)]
+    out = []
+    for comp in (False, True) if compile else (False,):
+        for precision, amp, cl in variants:
+            runtime = "torch.compile" if comp else "torch eager"
+            if amp:
+                runtime += f" autocast {amp}, channels-last"
+            t = Target(precision=precision, runtime=runtime, load=make(amp, cl, comp), sync=sync,
+                       reference=(precision == "fp32" and not comp), **common)
+            if amp == "bf16" and not torch.cuda.is_bf16_supported():
+                t.load, t.skip_reason = None, f"this GPU ({torch.cuda.get_device_name(0)}) has no bfloat16 support"
+            out.append(t)
+    return out
+
+
+def ort_providers() -> list[str]:
+    if importlib.util.find_spec("onnxruntime") is None:
+        return []
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def openvino_devices() -> list[str]:
+    if importlib.util.find_spec("openvino") is None:
+        return []
+    import openvino as ov
+
+    return list(ov.Core().available_devices)
+
+
+def artifact_targets(record: dict[str, Any], artifacts_dir: Path, device: str, threads: int | None) -> list[Target]:
+    """The rows of one manifest record on ``device``: loaders where the runtime is present, else skips."""
+    from export.base import FORMATS
+
+    base = {"backbone": record.get("backbone", "?"), "format": record.get("format", "?"),
+            "precision": record.get("precision", "?"), "device": device, "record": record,
+            "path": record.get("path"), "bytes": record.get("bytes")}
+    extra = {k: record[k] for k in ("note", "warning") if record.get(k)}
+    status = record.get("status")
+
+    def skipped(reason: str, runtime: str = "") -> list[Target]:
+        return [Target(runtime=runtime or base["format"], skip_reason=reason, extra=extra, **base)]
+
+    if status != "ok":
+        why = record.get("error") or record.get("reason") or "no reason recorded"
+        return skipped(f"export {status}: {why}")
+    if record.get("verified") is False and record.get("unverified_reason"):
+        return skipped(f"not verified: {record['unverified_reason']}")
+    fmt = FORMATS.get(base["format"])
+    if fmt is None:
+        return skipped(f"format {base['format']!r} has no loader in this version of cxr-edge "
+                       f"(known: {', '.join(FORMATS)})")
+    path = Path(artifacts_dir) / record["path"]
+    if not path.exists():
+        return skipped(f"the manifest lists {path}, which does not exist; export again")
+    missing = next((f"{m} is not installed" for m in fmt.requires if importlib.util.find_spec(m) is None), None)
+    sync = cuda_sync if device == "cuda" else None
+    from export.pipeline import load_artifact
+
+    def loader(**options) -> Callable[[], Any]:
+        return lambda: load_artifact(record, artifacts_dir, **options)
+
+    if fmt.name == "onnx":
+        if missing:
+            return skipped(f"onnxruntime: {missing}", "onnxruntime")
+        if device == "cpu":
+            return [Target(runtime="onnxruntime CPU", load=loader(threads=threads, providers=["CPUExecutionProvider"]),
+                           extra=extra, **base)]
+        have = ort_providers()
+        out = []
+        for provider, runtime in (("CUDAExecutionProvider", "onnxruntime CUDA"),
+                                  ("TensorrtExecutionProvider", "onnxruntime TensorRT")):
+            if provider in have:
+                out.append(Target(runtime=runtime, load=loader(threads=threads, providers=[provider]), sync=sync,
+                                  extra=extra, **base))
+            else:
+                out.append(Target(runtime=runtime, extra=extra, skip_reason=(
+                    f"onnxruntime has no {provider} here (available: {', '.join(have)}); install onnxruntime-gpu "
+                    "built for this CUDA (and TensorRT for its provider)"), **base))
+        return out
+    if fmt.name == "openvino":
+        if missing:
+            return skipped(f"OpenVINO: {missing}: pip install 'cxr-edge[openvino]'", "OpenVINO")
+        ov_device = "CPU" if device == "cpu" else "GPU"
+        devices = openvino_devices()
+        if ov_device not in devices:
+            return skipped(f"OpenVINO sees no {ov_device} device (available: {', '.join(devices) or 'none'}); its GPU "
+                           "plugin runs on Intel GPUs, not NVIDIA ones", f"OpenVINO {ov_device}")
+        return [Target(runtime=f"OpenVINO {ov_device}", load=loader(threads=threads, device=ov_device), sync=sync,
+                       extra=extra, **base)]
+    if fmt.name == "tensorrt":
+        if device != "cuda":
+            return skipped("TensorRT engines run only on an NVIDIA GPU; bench with --device cuda", "TensorRT")
+        reason = fmt.missing()
+        if reason:
+            return skipped(reason, "TensorRT")
+        return [Target(runtime="TensorRT", load=loader(), sync=sync, extra=extra, **base)]
+    reason = fmt.missing()
+    if reason:
+        return skipped(reason)
+    return [Target(runtime=fmt.name, load=loader(), sync=sync, extra=extra, **base)]

@@ -1,0 +1,129 @@
+"""Latency of a predictor: warm-up, then timed calls with ``time.perf_counter_ns``, as percentiles.
+
+Each timed call is one ``predictor.predict(batch)``, which takes a host (numpy) batch and returns host
+logits, so on a GPU the figure includes the copies in and out and the device is synchronised by the
+returned result (the CUDA device is also synchronised before each timed call). The benchmark loop
+(:mod:`bench.runner`) measures several rounds, interleaved across the artifacts of one backbone, and
+reports how far the median of one round lies from another's (``spread``), so a reader can see
+whether a difference between two rows is larger than the noise.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    """How latency is measured. ``budget_s`` is the time one artifact may spend in timed calls over all
+    batches and rounds; each (batch, round) gets an equal share, but never fewer than ``min_iters``
+    calls (so a slow model takes longer than the budget rather than giving too few samples)."""
+
+    batches: tuple[int, ...] = (1, 8, 32)
+    warmup: int = 3  # untimed calls per batch size, before the first round
+    min_iters: int = 10
+    max_iters: int = 1000
+    budget_s: float = 3.0
+    rounds: int = 2
+
+    def __post_init__(self) -> None:
+        if not self.batches or any(not isinstance(b, int) or b < 1 for b in self.batches):
+            raise ValueError(f"batches {self.batches!r} must be positive integers, e.g. 1,8,32")
+        if self.warmup < 0:
+            raise ValueError(f"warmup={self.warmup} must be >= 0 (e.g. 3)")
+        if self.min_iters < 2 or self.max_iters < self.min_iters:
+            raise ValueError(f"min_iters={self.min_iters} must be >= 2 and <= max_iters={self.max_iters}")
+        if not self.budget_s > 0:
+            raise ValueError(f"budget_s={self.budget_s} must be > 0 seconds (e.g. 3)")
+        if self.rounds < 1:
+            raise ValueError(f"rounds={self.rounds} must be >= 1 (2 shows the spread between repeats)")
+
+    @property
+    def slot_s(self) -> float:
+        """Seconds of timed calls for one batch size in one round."""
+        return self.budget_s / (len(self.batches) * self.rounds)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["batches"] = list(self.batches)
+        return d
+
+
+def parse_batches(text: str) -> tuple[int, ...]:
+    """"1,8,32" -> (1, 8, 32); a clear error for anything else."""
+    try:
+        batches = tuple(int(b) for b in text.split(",") if b.strip())
+    except ValueError:
+        raise ValueError(f"--batches {text!r} must be comma-separated positive integers, e.g. 1,8,32") from None
+    if not batches or min(batches) < 1:
+        raise ValueError(f"--batches {text!r} must be comma-separated positive integers, e.g. 1,8,32")
+    return tuple(dict.fromkeys(batches))
+
+
+def make_batch(inputs: np.ndarray, batch: int) -> np.ndarray:
+    """A contiguous float32 batch of ``batch`` real images (repeated when there are fewer)."""
+    idx = np.arange(batch) % len(inputs)
+    return np.ascontiguousarray(inputs[idx], dtype=np.float32)
+
+
+def time_calls(fn: Callable[[], Any], budget_s: float, min_iters: int, max_iters: int,
+               sync: Callable[[], None] | None = None) -> list[int]:
+    """Nanoseconds of each call of ``fn``: at least ``min_iters`` calls, more until ``budget_s`` is spent."""
+    times: list[int] = []
+    deadline = time.perf_counter_ns() + int(budget_s * 1e9)
+    while len(times) < max_iters and (len(times) < min_iters or time.perf_counter_ns() < deadline):
+        if sync:
+            sync()
+        t0 = time.perf_counter_ns()
+        fn()
+        if sync:
+            sync()
+        times.append(time.perf_counter_ns() - t0)
+    return times
+
+
+def summarize(times_ns: list[int], batch: int) -> dict[str, float]:
+    """p50/p90/p99/mean/std in milliseconds and throughput (images/s at the median) of one batch size."""
+    ms = np.asarray(times_ns, np.float64) / 1e6
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "mean_ms": float(ms.mean()),
+            "std_ms": float(ms.std(ddof=1)) if ms.size > 1 else 0.0, "ips": float(batch * 1000.0 / p50),
+            "iters": int(ms.size)}
+
+
+def spread(round_p50s: list[float]) -> float | None:
+    """Relative spread of the medians of repeated rounds: (max - min) / min; None with one round."""
+    if len(round_p50s) < 2 or min(round_p50s) <= 0:
+        return None
+    return float((max(round_p50s) - min(round_p50s)) / min(round_p50s))
+
+
+def flat(batch: int, stats: dict[str, float], round_p50s: list[float]) -> dict[str, Any]:
+    """Row columns of one batch size: ``b1_p50_ms``, ``b1_ips``, ``b1_spread`` …"""
+    row = {f"b{batch}_{k}": v for k, v in stats.items()}
+    row[f"b{batch}_spread"] = spread(round_p50s)
+    return row
+
+
+def preprocess_time(paths: list[str], preprocess, repeats: int = 20) -> dict[str, Any]:
+    """Median time to turn one image file into a normalised model input (decode, grayscale, resize,
+    normalise), measured apart from the model: it is the same for every artifact of a size."""
+    from core.data import decode_image
+
+    if not paths:
+        return {"ms_p50": None, "n": 0}
+    times = []
+    for i in range(max(repeats, 1)):
+        path = paths[i % len(paths)]
+        t0 = time.perf_counter_ns()
+        preprocess.normalize(preprocess.image_to_uint8(decode_image(path)))
+        times.append(time.perf_counter_ns() - t0)
+    ms = np.asarray(times, np.float64) / 1e6
+    return {"ms_p50": float(np.median(ms)), "ms_p90": float(np.percentile(ms, 90)), "n": len(times),
+            "images": len(set(paths[:repeats])), "size": preprocess.size,
+            "method": "decode_image + Preprocess.image_to_uint8 + normalize, one image per call, perf_counter_ns"}

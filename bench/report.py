@@ -1,0 +1,330 @@
+"""From results.json to what people read: table.md, table.csv, pareto.png and the terminal table.
+
+Pareto optimality is computed per device over the ok rows, twice: test ROC-AUC against p50 latency at
+batch 1 (``pareto_latency``) and against bytes on disk (``pareto_bytes``). A row is optimal when no
+other row has an ROC-AUC at least as high and a cost at least as low, one of them strictly.
+
+Columns that rows carry beyond the ones this module knows (figures added by per-row metric hooks,
+see :data:`bench.runner.ROW_METRICS`) are shown too, after the known ones (:func:`extra_columns`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from core import io
+
+TABLE_MD, TABLE_CSV, PARETO_PNG = "table.md", "table.csv", "pareto.png"
+
+_IDENTITY = ("backbone", "format", "precision", "device", "runtime", "status")
+_TEXT = {"reason", "error", "warning", "note", "path", "memory_method", "split_hash", "runtime"}
+_KNOWN = set(_IDENTITY) | _TEXT | {
+    "bytes", "threads", "params_m", "gflops", "threshold", "load_s", "peak_mem_mib", "gpu_peak_mib", "n_test",
+    "n_test_pos", "agreement", "max_abs_prob", "auc_change", "pareto_latency", "pareto_bytes", "unverified_reason",
+}
+_KNOWN_PATTERN = re.compile(r"^(b\d+_\w+|(accuracy|precision|sensitivity|specificity|f1|roc_auc|pr_auc)(_lo|_hi)?"
+                            r"|(tp|fp|tn|fn)_count)$")
+
+
+def extra_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """Numeric or yes/no columns that rows carry beyond the known ones, in order of first appearance
+    (e.g. Grad-CAM fidelity's ``deletion_auc``); ``*_error`` columns go to the notes instead."""
+    seen: dict[str, bool] = {}
+    for row in rows:
+        for k, v in row.items():
+            if k in _KNOWN or _KNOWN_PATTERN.match(k) or k.endswith("_error"):
+                continue
+            if isinstance(v, (bool, int, float)) or v is None:
+                seen.setdefault(k, True)
+            else:
+                seen[k] = False
+    return [k for k, numeric in seen.items() if numeric and any(r.get(k) is not None for r in rows)]
+
+
+def mark_pareto(rows: list[dict[str, Any]], batch: int = 1) -> None:
+    """Set ``pareto_latency`` and ``pareto_bytes`` on every row (False for rows that are not ok)."""
+    for key, cost_key in (("pareto_latency", f"b{batch}_p50_ms"), ("pareto_bytes", "bytes")):
+        for row in rows:
+            row[key] = False
+        for device in {r.get("device") for r in rows}:
+            pts = [r for r in rows if r.get("device") == device and r.get("status") == "ok"
+                   and _finite(r.get("roc_auc")) and _finite(r.get(cost_key))]
+            for r in pts:
+                r[key] = not any(o is not r and o["roc_auc"] >= r["roc_auc"] and o[cost_key] <= r[cost_key]
+                                 and (o["roc_auc"] > r["roc_auc"] or o[cost_key] < r[cost_key]) for o in pts)
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+# ---------------------------------------------------------------------------------- table cells
+
+
+def _f(x: Any, fmt: str) -> str:
+    return format(x, fmt) if _finite(x) else ""
+
+
+def _auc_cell(r: dict[str, Any]) -> str:
+    if not _finite(r.get("roc_auc")):
+        return ""
+    return f"{r['roc_auc']:.3f} ({r['roc_auc_lo']:.3f}-{r['roc_auc_hi']:.3f})"
+
+
+def _latency_cell(r: dict[str, Any], batch: int) -> str:
+    p50 = r.get(f"b{batch}_p50_ms")
+    if not _finite(p50):
+        return ""
+    digits = ".2f" if p50 < 10 else ".1f"
+    s = r.get(f"b{batch}_spread")
+    return f"{p50:{digits}}" + (f" ±{100 * s:.0f}%" if _finite(s) else "")
+
+
+def _best_ips(r: dict[str, Any]) -> str:
+    ips = [(v, k) for k, v in r.items() if re.fullmatch(r"b\d+_ips", k) and _finite(v)]
+    if not ips:
+        return ""
+    v, k = max(ips)
+    return f"{v:.0f} (b{k[1:-4]})"
+
+
+def _pareto_cell(r: dict[str, Any]) -> str:
+    return ("L" if r.get("pareto_latency") else "") + ("B" if r.get("pareto_bytes") else "")
+
+
+def _extra_cell(v: Any) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    return _f(v, ".3f") if _finite(v) else ""
+
+
+def _reason(r: dict[str, Any]) -> str:
+    parts = [r.get("error") or r.get("reason") or ""]
+    parts += [f"{k}: {v}" for k, v in r.items() if k.endswith("_error") and v]
+    parts += [r[k] for k in ("note", "warning") if r.get(k)]
+    return "; ".join(p for p in parts if p)
+
+
+def columns(rows: list[dict[str, Any]], batches: list[int]) -> list[tuple[str, Any]]:
+    """(header, cell function) of the readable table; extra columns last."""
+    big = max(batches) if batches else 1
+    cols: list[tuple[str, Any]] = [
+        ("backbone", lambda r: r["backbone"]),
+        ("artifact", lambda r: f"{r['format']} {r['precision']}"),
+        ("runtime", lambda r: r.get("runtime", "")),
+        ("status", lambda r: r["status"]),
+        ("ROC-AUC (95% CI)", _auc_cell),
+        ("ΔAUC", lambda r: _f(r.get("auc_change"), "+.4f")),
+        ("agree", lambda r: _f(r.get("agreement"), ".3f")),
+        ("sens", lambda r: _f(r.get("sensitivity"), ".3f")),
+        ("spec", lambda r: _f(r.get("specificity"), ".3f")),
+        ("F1", lambda r: _f(r.get("f1"), ".3f")),
+        ("p50 ms b1 (spread)", lambda r: _latency_cell(r, 1) if 1 in batches else ""),
+        ("p99 ms b1", lambda r: _f(r.get("b1_p99_ms"), ".2f")),
+        (f"p50 ms b{big}", lambda r: _latency_cell(r, big)),
+        ("img/s (best batch)", _best_ips),
+        ("MB", lambda r: _f((r.get("bytes") or math.nan) / 1e6, ".2f")),
+        ("params M", lambda r: _f(r.get("params_m"), ".2f")),
+        ("GFLOPs", lambda r: _f(r.get("gflops"), ".3f")),
+        ("mem MiB", lambda r: _f(r.get("peak_mem_mib"), ".0f")),
+        ("Pareto", _pareto_cell),
+    ]
+    if 1 not in batches:
+        cols = [c for c in cols if "b1" not in c[0]]
+    cols += [(k, lambda r, k=k: _extra_cell(r.get(k))) for k in extra_columns(rows)]
+    return cols
+
+
+def note_numbers(rows: list[dict[str, Any]]) -> dict[str, int]:
+    numbers: dict[str, int] = {}
+    for r in rows:
+        if _reason(r):
+            numbers.setdefault(_reason(r), len(numbers) + 1)
+    return numbers
+
+
+def batches_of(doc: dict[str, Any]) -> list[int]:
+    return list(doc.get("environment", {}).get("settings", {}).get("latency", {}).get("batches", [1]))
+
+
+# ------------------------------------------------------------------------------------ documents
+
+
+def environment_lines(doc: dict[str, Any]) -> list[str]:
+    env = doc.get("environment", {})
+    cpu, gpu, v = env.get("cpu", {}), env.get("gpu"), env.get("versions", {})
+    settings = env.get("settings", {})
+    lines = [
+        f"date {env.get('date')}, host {env.get('host')}, device {settings.get('device')}, "
+        f"threads {settings.get('threads_used')}",
+        f"CPU: {cpu.get('model')} ({cpu.get('logical_cores')} logical cores; {' '.join(cpu.get('flags', []))})",
+        f"GPU: {gpu['name']} (compute {gpu['compute_capability']}, {gpu['memory_gib']} GiB, CUDA {gpu['cuda']})"
+        if gpu else "GPU: none",
+        "versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+    ]
+    runtimes = env.get("runtimes", {})
+    if runtimes:
+        lines.append("runtimes: " + "; ".join(f"{k} {', '.join(val) if isinstance(val, list) else val}"
+                                             for k, val in runtimes.items()))
+    for name, info in doc.get("backbones", {}).items():
+        if "error" in info:
+            lines.append(f"{name}: {info['error']}")
+            continue
+        pre = info.get("preprocess_one_image", {})
+        lines.append(f"{name}: run {info.get('run')} ({info.get('init')}, {info.get('size')} px, "
+                     f"{info.get('epochs_run')} epochs), split {info.get('split_hash')}, test {info.get('n_test')} "
+                     f"images ({info.get('n_test_pos')} pneumonia), threshold {_f(info.get('threshold'), '.4f')} "
+                     f"(chosen on val); preprocessing one image {_f(pre.get('ms_p50'), '.2f')} ms (p50 of "
+                     f"{pre.get('n')}, apart from the model)" + (f"; WARNING {info['warning']}" if info.get("warning")
+                                                                   else ""))
+    return lines
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    rows, batches = doc["rows"], batches_of(doc)
+    cols = columns(rows, batches)
+    notes = note_numbers(rows)
+    out = [f"# Benchmark: {doc.get('artifacts')}", "", doc.get("method", ""), ""]
+    out += [f"- {line}" for line in environment_lines(doc)]
+    out += ["", "| " + " | ".join(h for h, _ in cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = [str(fn(r)).replace("|", "\\|") for _, fn in cols]
+        if _reason(r):
+            cells[3] += f" [{notes[_reason(r)]}]"
+        out.append("| " + " | ".join(cells) + " |")
+    out += ["", "Pareto: L = no other row on this device has a higher test ROC-AUC at a lower p50 latency (batch 1); "
+            "B = the same against bytes on disk. ΔAUC and agree: against PyTorch eager FP32 of the same run. "
+            "spread: (max - min) / min of the medians of repeated, interleaved rounds.", ""]
+    for reason, i in notes.items():
+        out.append(f"{i}. {reason}")
+    if not doc.get("complete", True):
+        out += ["", "**Incomplete: the benchmark was interrupted; these are the backbones finished so far.**"]
+    return "\n".join(out) + "\n"
+
+
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    keys: dict[str, None] = {}
+    for r in rows:
+        keys.update(dict.fromkeys(r))
+    buf = _io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(keys), lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in keys})
+    return buf.getvalue()
+
+
+def rich_table(doc: dict[str, Any]):
+    """The table for the terminal (`cxr-edge table`)."""
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    rows, batches = doc["rows"], batches_of(doc)
+    cols = columns(rows, batches)
+    notes = note_numbers(rows)
+    env = doc.get("environment", {})
+    title = (f"{doc.get('artifacts')} on {env.get('settings', {}).get('device')} "
+             f"({env.get('cpu', {}).get('model')}, {env.get('settings', {}).get('threads_used')} threads)")
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    for h, _ in cols:
+        table.add_column(h, justify="left" if h in ("backbone", "artifact", "runtime", "status") else "right")
+    style = {"ok": "green", "failed": "bold red", "skipped": "yellow"}
+    pareto = [h for h, _ in cols].index("Pareto")
+    for i, r in enumerate(rows):
+        cells = [escape(str(fn(r))) for _, fn in cols]
+        if _reason(r):
+            cells[3] += f" [{notes[_reason(r)]}]"
+        cells[3] = f"[{style.get(r['status'], '')}]{cells[3]}"
+        if r.get("pareto_latency") or r.get("pareto_bytes"):
+            cells[pareto] = f"[bold cyan]{cells[pareto]}"
+        last = i + 1 == len(rows) or rows[i + 1]["backbone"] != r["backbone"]
+        table.add_row(*cells, end_section=last and i + 1 < len(rows))
+    return table
+
+
+# ---------------------------------------------------------------------------------------- plot
+
+_MARKERS = {("pytorch", "fp32"): "o", ("pytorch", "fp16"): "h", ("pytorch", "bf16"): "H",
+            ("onnx", "fp32"): "s", ("onnx", "fp16"): "D", ("onnx", "int8"): "d",
+            ("openvino", "fp32"): "^", ("openvino", "fp16"): ">", ("openvino", "int8"): "v",
+            ("tensorrt", "fp32"): "p", ("tensorrt", "fp16"): "P", ("tensorrt", "int8"): "X"}
+
+
+def plot(doc: dict[str, Any], path: str | Path) -> Path:
+    """pareto.png: ROC-AUC against p50 latency at batch 1 (log x) and against bytes (log x); a colour per
+    backbone, a marker per format and precision, the Pareto frontier of each device drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    rows = [r for r in doc["rows"] if r.get("status") == "ok" and _finite(r.get("roc_auc"))]
+    backbones = list(dict.fromkeys(r["backbone"] for r in rows))
+    cmap = plt.get_cmap("tab10")
+    colour = {b: cmap(i % 10) for i, b in enumerate(backbones)}
+    kinds = list(dict.fromkeys((r["format"], r["precision"]) for r in rows))
+    spare = iter("*8<1234+x")
+    marker = {k: _MARKERS.get(k) or next(spare, "*") for k in kinds}
+    devices = list(dict.fromkeys(r["device"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.6), constrained_layout=True)
+    panels = (("b1_p50_ms", "pareto_latency", "p50 latency at batch 1 (ms, log scale)"),
+              ("bytes", "pareto_bytes", "artifact size (MB, log scale)"))
+    for ax, (key, flag, label) in zip(axes, panels):
+        scale = 1e-6 if key == "bytes" else 1.0
+        for r in rows:
+            if _finite(r.get(key)):
+                hollow = len(devices) > 1 and r["device"] != devices[0]
+                ax.scatter(r[key] * scale, r["roc_auc"], s=60, marker=marker[(r["format"], r["precision"])],
+                           facecolors="none" if hollow else colour[r["backbone"]], edgecolors=colour[r["backbone"]],
+                           linewidths=1.2, alpha=0.9, zorder=3)
+        for device in devices:
+            front = sorted((r[key] * scale, r["roc_auc"]) for r in rows
+                           if r["device"] == device and r.get(flag) and _finite(r.get(key)))
+            if front:
+                xs, ys = zip(*front)
+                ax.step(xs, ys, where="post", color="0.3", lw=1, ls="--", zorder=2,
+                        label=f"Pareto frontier ({device})")
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("test ROC-AUC")
+        ax.grid(True, which="both", alpha=0.25)
+        if any(r.get(flag) for r in rows):
+            ax.legend(loc="lower right", fontsize=8)
+    env = doc.get("environment", {})
+    cpu = env.get("cpu", {}).get("model")
+    gpu = (env.get("gpu") or {}).get("name")
+    fig.suptitle(f"Accuracy against cost — {', '.join(devices)}; {gpu or cpu}, "
+                 f"{env.get('settings', {}).get('threads_used')} threads", fontsize=11)
+    colour_handles = [Line2D([], [], marker="o", ls="", color=colour[b], label=b) for b in backbones]
+    marker_handles = [Line2D([], [], marker=marker[k], ls="", color="0.35", markerfacecolor="0.35",
+                             label=f"{k[0]} {k[1]}") for k in kinds]
+    axes[1].legend(handles=colour_handles + marker_handles, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                   fontsize=8, title="backbone / artifact", title_fontsize=8, frameon=False)
+    if any(r.get("pareto_bytes") for r in rows):  # the frontier legend was replaced above; add it back
+        axes[1].add_artist(axes[1].legend(handles=colour_handles + marker_handles, loc="upper left",
+                                          bbox_to_anchor=(1.02, 1.0), fontsize=8, title="backbone / artifact",
+                                          title_fontsize=8, frameon=False))
+        axes[1].legend(*axes[1].get_legend_handles_labels(), loc="lower right", fontsize=8)
+    if not rows:
+        for ax in axes:
+            ax.text(0.5, 0.5, "no ok rows to plot", ha="center", va="center", transform=ax.transAxes)
+    path = Path(path)
+    io.write_atomic(path, lambda p: fig.savefig(p, dpi=120, format="png"))
+    plt.close(fig)
+    return path
+
+
+def write_reports(doc: dict[str, Any], out_dir: str | Path) -> list[Path]:
+    """table.md, table.csv and pareto.png beside results.json, each written atomically."""
+    out_dir = Path(out_dir)
+    paths = [io.write_atomic(out_dir / TABLE_MD, lambda p: p.write_text(markdown(doc))),
+             io.write_atomic(out_dir / TABLE_CSV, lambda p: p.write_text(csv_text(doc["rows"])))]
+    paths.append(plot(doc, out_dir / PARETO_PNG))
+    return paths

@@ -1,0 +1,470 @@
+"""The benchmark loop behind `cxr-edge bench`: every artifact of a manifest, plus PyTorch eager FP32 per
+backbone, measured the same way through ``predict(batch) -> logits``.
+
+For each backbone (in manifest order) the loop
+
+1. loads the source run of its artifacts, the test side of the run's saved split, and the FP32 model;
+   counts parameters and FLOPs once (:func:`bench.cost.model_cost`);
+2. loads each target (:mod:`bench.backends`) while watching peak memory, scores it on the test side
+   at the run's validation threshold (:func:`core.metrics.summarize`, bootstrap 95 % CIs), compares its
+   decisions and ROC-AUC with the PyTorch FP32 row, and applies the per-row metric hooks
+   (:data:`ROW_METRICS`);
+3. times the loaded targets in ``rounds`` rounds, interleaved (round 1 of every target, then round 2 …),
+   so that drift of the machine hits every row alike and the spread between rounds shows the noise.
+
+Nothing aborts the loop: a target that fails at any step becomes a row with ``status`` "failed" and its
+``error``; a target that cannot run here (export failed, runtime absent, unverified) becomes a
+"skipped" row with its ``reason``. Rows are flat dicts (one per backbone, format, precision, device and
+runtime) so that they go straight to JSON and CSV.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench import cost, latency
+from bench.backends import DEVICES, Target, artifact_targets, torch_targets
+from core import io
+
+RESULTS = "results.json"
+RESULTS_FORMAT = "cxr-edge-bench/1"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Everything that decides what is measured and how; written into results.json as ``settings``."""
+
+    device: str = "cpu"
+    latency: latency.LatencyConfig = field(default_factory=latency.LatencyConfig)
+    threads: int | None = None  # None: torch's default (all cores); applied to torch, onnxruntime, OpenVINO
+    compile: bool = False  # add torch.compile rows
+    n_boot: int = 1000  # bootstrap replicates of the CIs
+    seed: int = 0
+    accuracy_batch: int = 32
+    backbones: tuple[str, ...] = ()  # only these (empty: all in the manifest)
+    runs_dir: str | None = None  # find runs as <runs_dir>/<backbone> instead of the manifest's source_run
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"device {self.device!r} is not known; choose one of {', '.join(DEVICES)}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads={self.threads} must be >= 1 (or leave it unset for all cores)")
+        if self.n_boot < 1:
+            raise ValueError(f"n_boot={self.n_boot} must be >= 1 (1000 is usual)")
+        if self.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError("--device cuda asked for, but torch sees no CUDA GPU on this machine; "
+                                 "use --device cpu")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["latency"] = self.latency.to_dict()
+        d["backbones"] = list(self.backbones)
+        return d
+
+
+@dataclass
+class RowContext:
+    """What a per-row metric hook may use. ``predictor`` is the loaded artifact (or PyTorch variant);
+    ``model`` the FP32 PyTorch model on the CPU (for gradients, e.g. Grad-CAM); ``inputs`` the
+    normalised test images (float32 NCHW) with ``labels``; ``probs`` this row's test probabilities and
+    ``reference_probs`` the PyTorch FP32 row's (None while scoring that row itself)."""
+
+    run: Any
+    model: Any
+    predictor: Any
+    row: dict[str, Any]
+    inputs: np.ndarray
+    labels: np.ndarray
+    probs: np.ndarray
+    reference_probs: np.ndarray | None
+    threshold: float
+    device: str
+    config: BenchConfig
+
+
+RowMetric = Callable[[RowContext], dict[str, Any]]
+
+#: Per-row metric hooks: the one place where more figures join a row. Each hook takes a
+#: :class:`RowContext` of an ok row (after accuracy, before latency) and returns flat ``{column: value}``
+#: pairs that are merged into the row; its name (``fn.__name__``) is recorded, and an exception becomes
+#: ``<name>_error`` in the row, never a failed benchmark. Columns a hook adds (e.g. Grad-CAM fidelity's
+#: ``deletion_auc``, ``insertion_auc``, ``cam_agreement``, ``sanity_ok``) appear in table.md, table.csv and
+#: ``cxr-edge table`` by themselves (:func:`bench.report.extra_columns`). Add one with
+#: :func:`register_row_metric`, e.g. from the module that computes it, imported by the CLI.
+ROW_METRICS: list[RowMetric] = []
+
+
+def register_row_metric(fn: RowMetric) -> RowMetric:
+    """Add ``fn`` to :data:`ROW_METRICS` (once); usable as a decorator."""
+    if fn not in ROW_METRICS:
+        ROW_METRICS.append(fn)
+    return fn
+
+
+# ------------------------------------------------------------------------------------------- loop
+
+
+def bench_artifacts(artifacts_dir: str | Path, config: BenchConfig, progress: bool = True, console=None,
+                    on_backbone: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Benchmark every record of ``artifacts_dir/manifest.json``; return the results document.
+
+    ``on_backbone`` receives the partial document after each backbone (the CLI writes it, so an
+    interrupted benchmark keeps what it measured).
+    """
+    import torch
+
+    from export.pipeline import MANIFEST, read_manifest
+
+    artifacts_dir = Path(artifacts_dir)
+    if not (artifacts_dir / MANIFEST).is_file():
+        raise FileNotFoundError(f"{artifacts_dir / MANIFEST} does not exist; export runs there first "
+                                f"(`cxr-edge export runs/ --out {artifacts_dir}`) or pass the artifacts folder")
+    records = read_manifest(artifacts_dir)
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault(r.get("backbone", "?"), []).append(r)
+    if config.backbones:
+        unknown = [b for b in config.backbones if b not in groups]
+        if unknown:
+            raise ValueError(f"backbone(s) {', '.join(unknown)} have no artifacts in {artifacts_dir / MANIFEST} "
+                             f"(it has {', '.join(groups) or 'none'})")
+        groups = {b: groups[b] for b in config.backbones}
+    if not groups:
+        raise ValueError(f"{artifacts_dir / MANIFEST} lists no artifacts; export some first")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    threads = config.threads or torch.get_num_threads()
+    from bench import env
+
+    doc: dict[str, Any] = {
+        "format": RESULTS_FORMAT, "complete": False, "artifacts": str(artifacts_dir.resolve()),
+        "environment": env.environment({**config.to_dict(), "threads_used": threads}),
+        "method": method_text(config, threads), "backbones": {}, "rows": [],
+    }
+    t0 = time.perf_counter()
+    with _progress(progress, console) as bar:
+        for name, recs in groups.items():
+            rows, info = bench_backbone(name, recs, artifacts_dir, config, threads, bar)
+            doc["rows"] += rows
+            doc["backbones"][name] = info
+            if on_backbone:
+                on_backbone(doc)
+    from bench.report import mark_pareto
+
+    mark_pareto(doc["rows"])
+    doc.update(complete=True, seconds=round(time.perf_counter() - t0, 1))
+    return doc
+
+
+def method_text(config: BenchConfig, threads: int) -> str:
+    lat = config.latency
+    return (f"Accuracy on the test side of each run's saved split at the run's validation threshold; bootstrap "
+            f"95% CIs ({config.n_boot} stratified replicates, seed {config.seed}); agreement and ROC-AUC change "
+            f"against PyTorch eager FP32 of the same run. Latency: predict() on host float32 batches "
+            f"{', '.join(map(str, lat.batches))}, {lat.warmup} warm-up calls per batch, then {lat.rounds} rounds "
+            f"interleaved across the artifacts of a backbone, each round >= {lat.min_iters} calls or "
+            f"{lat.slot_s:.2f} s per batch, timed with time.perf_counter_ns"
+            f"{' with torch.cuda.synchronize()' if config.device == 'cuda' else ''}; p50/p90/p99 over all rounds, "
+            f"spread = (max - min) / min of the round medians. Threads: {threads} (torch, onnxruntime intra-op, "
+            f"OpenVINO INFERENCE_NUM_THREADS).")
+
+
+def bench_backbone(name: str, records: list[dict[str, Any]], artifacts_dir: Path, config: BenchConfig,
+                   threads: int, bar=None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """All rows of one backbone (PyTorch rows first, then the manifest's records in order), and its facts."""
+    info: dict[str, Any] = {}
+    task = bar.add_task(name, total=None) if bar is not None else None
+    try:
+        run, test, model = _prepare(name, records, config, info)
+    except Exception as err:
+        error = f"could not prepare the run: {type(err).__name__}: {err}"
+        info["error"] = error
+        eager = Target(backbone=name, format="pytorch", precision="fp32", device=config.device, runtime="torch eager")
+        rows = [_failed_row(t, error, threads) for t in
+                [eager] + [t for r in records for t in artifact_targets(r, artifacts_dir, config.device, threads)]]
+        if bar is not None:
+            bar.update(task, total=1, completed=1, description=f"{name} [red]failed")
+        return rows, info
+    weights = Path(run.path) / "model.safetensors"
+    targets = torch_targets(name, model, config.device, config.compile, weights.stat().st_size, str(weights))
+    for r in records:
+        targets += artifact_targets(r, artifacts_dir, config.device, threads)
+    if bar is not None:
+        bar.update(task, total=len(targets) * (1 + config.latency.rounds))
+    ctx = _Shared(run=run, model=model, inputs=run.preprocess.normalize(test.images), labels=test.labels,
+                  threshold=run.threshold, info=info, config=config, threads=threads)
+    rows, live = [], []
+    for t in targets:
+        row, predictor = _load_and_score(t, ctx)
+        rows.append(row)
+        if predictor is not None:
+            live.append((t, row, predictor))
+        _advance(bar, task, f"{name}: {t.format} {t.precision} {t.runtime}")
+    _time_interleaved(live, ctx, bar, task, name)
+    del live
+    gc.collect()
+    if config.device == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+    return rows, info
+
+
+@dataclass
+class _Shared:
+    run: Any
+    model: Any
+    inputs: np.ndarray
+    labels: np.ndarray
+    threshold: float
+    info: dict[str, Any]
+    config: BenchConfig
+    threads: int
+    reference_probs: np.ndarray | None = None
+    reference_auc: float | None = None
+
+
+def _prepare(name: str, records: list[dict[str, Any]], config: BenchConfig, info: dict[str, Any]):
+    from core.datasets import load_sides
+    from core.runs import load_run
+    from export.base import run_hash
+
+    if config.runs_dir:
+        run_path = Path(config.runs_dir) / name
+    else:
+        sources = {r.get("source_run") for r in records if r.get("source_run")}
+        if not sources:
+            raise ValueError(f"the manifest records of {name} name no source_run; pass --runs RUNS_DIR")
+        if len(sources) > 1:
+            raise ValueError(f"the artifacts of {name} come from {len(sources)} runs ({', '.join(sorted(sources))});"
+                             " pass --runs RUNS_DIR to choose")
+        run_path = Path(sources.pop())
+    run = load_run(run_path)
+    exported_from = {r.get("run_hash") for r in records if r.get("run_hash")}
+    now = run_hash(run)
+    if exported_from and exported_from != {now}:
+        info["warning"] = (f"{run_path} has changed since its artifacts were exported (run.json hash {now[:12]}, "
+                           f"export {', '.join(h[:12] for h in exported_from)}); the FP32 reference is the run as it "
+                           "is now: export again")
+    split, pre = run.split(), run.preprocess
+    test = load_sides(split, pre, sides=("test",), progress=False)[0]["test"]
+    if len(test.labels) == 0 or len(np.unique(test.labels)) < 2:
+        raise ValueError(f"the test side of {run_path / 'split.json'} has {len(test.labels)} images and "
+                         f"{len(np.unique(test.labels))} class(es); ROC-AUC needs both classes")
+    model = run.build_model()
+    info.update(run=str(Path(run.path).resolve()), run_hash=now, split_hash=split.hash, size=pre.size,
+                n_test=int(len(test.labels)), n_test_pos=int(test.labels.sum()), threshold=run.threshold,
+                threshold_chosen_on="val", init=run.record.get("init"), epochs_run=run.record.get("epochs_run"),
+                **cost.model_cost(model, pre.size, pre.channels),
+                preprocess_one_image=latency.preprocess_time(test.paths, pre))
+    return run, test, model
+
+
+def _base_row(t: Target, threads: int) -> dict[str, Any]:
+    row = {**t.identity(), "status": None, "path": t.path, "bytes": t.bytes, "threads": threads}
+    row.update(t.extra)
+    return row
+
+
+def _failed_row(t: Target, error: str, threads: int) -> dict[str, Any]:
+    row = _base_row(t, threads)
+    if t.skip_reason:
+        row.update(status="skipped", reason=t.skip_reason)
+    else:
+        row.update(status="failed", error=error)
+    return row
+
+
+def _error(err: BaseException, stage: str) -> str:
+    where = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
+    at = f" (at {Path(where.filename).name}:{where.lineno})" if where else ""
+    return f"{stage}: {type(err).__name__}: {err}{at}"
+
+
+def _load_and_score(t: Target, ctx: _Shared) -> tuple[dict[str, Any], Any]:
+    """The row of one target with accuracy, cost and hook figures, and its live predictor (None unless ok)."""
+    from export.base import predict_batched
+
+    row = _base_row(t, ctx.threads)
+    info = ctx.info
+    row.update(params_m=info.get("params_m"), gflops=info.get("gflops"), split_hash=info.get("split_hash"),
+               threshold=ctx.threshold)
+    if info.get("warning"):
+        row["warning"] = info["warning"]
+    if t.skip_reason or t.load is None:
+        row.update(status="skipped", reason=t.skip_reason or "nothing to load")
+        return row, None
+    stage = "load"
+    predictor = None
+    try:
+        biggest = latency.make_batch(ctx.inputs, max(ctx.config.latency.batches))
+        if ctx.config.device == "cuda":
+            cost.reset_gpu_peak()
+        t0 = time.perf_counter()
+        with cost.PeakMemory() as mem:
+            predictor = t.load()
+            row["load_s"] = time.perf_counter() - t0
+            stage = f"first run at batch {len(biggest)}"
+            predictor.predict(biggest)
+        row.update(peak_mem_mib=mem.peak_mib, memory_method=mem.method)
+        if ctx.config.device == "cuda":
+            row["gpu_peak_mib"] = cost.gpu_peak_mib()
+        stage = "accuracy"
+        logits = predict_batched(predictor, ctx.inputs, ctx.config.accuracy_batch)
+        if logits.shape != ctx.labels.shape or not np.all(np.isfinite(logits)):
+            raise ValueError(f"predict returned {logits.shape} logits ({int(np.sum(~np.isfinite(logits)))} "
+                             f"non-finite) for {len(ctx.labels)} test images")
+        probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+        row.update(accuracy_columns(ctx.labels, probs, ctx.threshold, ctx.config))
+        if t.reference and ctx.reference_probs is None:
+            ctx.reference_probs, ctx.reference_auc = probs, row["roc_auc"]
+        row.update(agreement_columns(probs, ctx.reference_probs, row["roc_auc"], ctx.reference_auc, ctx.threshold))
+        stage = "warm-up"
+        for b in ctx.config.latency.batches:
+            x = latency.make_batch(ctx.inputs, b)
+            for _ in range(ctx.config.latency.warmup):
+                predictor.predict(x)
+        row["status"] = "ok"
+        hook_ctx = RowContext(run=ctx.run, model=ctx.model, predictor=predictor, row=row, inputs=ctx.inputs,
+                              labels=ctx.labels, probs=probs, reference_probs=None if t.reference else
+                              ctx.reference_probs, threshold=ctx.threshold, device=ctx.config.device,
+                              config=ctx.config)
+        row.update(row_metrics(hook_ctx))
+        return row, predictor
+    except Exception as err:
+        row.update(status="failed", error=_error(err, stage))
+        return row, None
+
+
+def row_metrics(ctx: RowContext) -> dict[str, Any]:
+    """The figures of every hook in :data:`ROW_METRICS` for one row; a failing hook adds ``<name>_error``."""
+    out: dict[str, Any] = {}
+    for fn in ROW_METRICS:
+        name = getattr(fn, "__name__", "row_metric")
+        try:
+            out.update(fn(ctx))
+        except Exception as err:
+            out[f"{name}_error"] = f"{type(err).__name__}: {err}"
+    return out
+
+
+def accuracy_columns(labels: np.ndarray, probs: np.ndarray, threshold: float, config: BenchConfig) -> dict[str, Any]:
+    """ROC-AUC, PR-AUC, sensitivity, specificity, F1, accuracy and precision, each with its 95 % CI, flat."""
+    from core.metrics import summarize
+
+    s = summarize(labels, probs, threshold, n_boot=config.n_boot, seed=config.seed)
+    row: dict[str, Any] = {"n_test": s["n"], "n_test_pos": s["n_pos"]}
+    for name, m in s["metrics"].items():
+        row[name], row[f"{name}_lo"], row[f"{name}_hi"] = m["value"], m["ci95"][0], m["ci95"][1]
+    row.update({f"{k}_count": v for k, v in s["confusion"].items()})
+    return row
+
+
+def agreement_columns(probs: np.ndarray, reference: np.ndarray | None, auc: float, reference_auc: float | None,
+                      threshold: float) -> dict[str, Any]:
+    """Decision agreement with the PyTorch FP32 row, the largest probability change and the ROC-AUC change."""
+    if reference is None:
+        return {"agreement": None, "max_abs_prob": None, "auc_change": None}
+    return {"agreement": float(np.mean((probs >= threshold) == (reference >= threshold))),
+            "max_abs_prob": float(np.max(np.abs(probs - reference))),
+            "auc_change": None if reference_auc is None else float(auc - reference_auc)}
+
+
+def _time_interleaved(live: list[tuple[Target, dict[str, Any], Any]], ctx: _Shared, bar, task, name: str) -> None:
+    """``rounds`` rounds; in each, every live target times every batch size; then the row gets its figures."""
+    lat = ctx.config.latency
+    times: dict[int, dict[int, list[list[int]]]] = {i: {b: [] for b in lat.batches} for i in range(len(live))}
+    batches = {b: latency.make_batch(ctx.inputs, b) for b in lat.batches}
+    for r in range(lat.rounds):
+        for i, (t, row, predictor) in enumerate(live):
+            if row["status"] != "ok":
+                continue
+            try:
+                for b, x in batches.items():
+                    times[i][b].append(latency.time_calls(lambda p=predictor, x=x: p.predict(x), lat.slot_s,
+                                                          lat.min_iters, lat.max_iters, t.sync))
+            except Exception as err:
+                row.update(status="failed", error=_error(err, f"latency round {r + 1}"))
+            _advance(bar, task, f"{name}: timing round {r + 1}/{lat.rounds}")
+    for i, (t, row, _) in enumerate(live):
+        if row["status"] != "ok":
+            continue
+        for b in lat.batches:
+            rounds = times[i][b]
+            pooled = [ns for one in rounds for ns in one]
+            p50s = [float(np.median(one)) / 1e6 for one in rounds]
+            row.update(latency.flat(b, latency.summarize(pooled, b), p50s))
+
+
+def _advance(bar, task, description: str) -> None:
+    if bar is not None:
+        bar.update(task, advance=1, description=description)
+
+
+def _progress(enabled: bool, console=None):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description:<48}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, disable=not enabled, transient=False)
+
+
+# ------------------------------------------------------------------------------------------ files
+
+
+def check_out(out_dir: str | Path, force: bool) -> None:
+    """Refuse to replace earlier results without ``force`` (before any work is done)."""
+    path = Path(out_dir) / RESULTS
+    if path.exists() and not force:
+        raise ValueError(f"{path} already exists (earlier results); pass --force to replace them, or choose "
+                              f"another --out (e.g. results/<name>-2)")
+
+
+def read_results(path: str | Path) -> dict[str, Any]:
+    """results.json of a results folder (or the file itself), checked."""
+    import json
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULTS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; run `cxr-edge bench ARTIFACTS --out {path.parent}` first")
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); run the benchmark again with --force") from None
+    if not isinstance(doc, dict) or doc.get("format") != RESULTS_FORMAT:
+        raise ValueError(f"{path} is not a {RESULTS_FORMAT} results file")
+    return doc
+
+
+def clean(obj: Any) -> Any:
+    """JSON-safe: NaN/inf -> null, numpy scalars -> Python, tuples -> lists."""
+    if isinstance(obj, dict):
+        return {str(k): clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_results(out_dir: str | Path, doc: dict[str, Any]) -> Path:
+    return io.write_json(Path(out_dir) / RESULTS, clean(doc))

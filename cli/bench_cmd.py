@@ -1,0 +1,113 @@
+"""`cxr-edge bench`, `table` and `recommend`: measure every artifact, show the table, pick one to ship."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.common import Progress, console, friendly, out
+
+
+@friendly
+def bench(
+    artifacts: Annotated[Path, typer.Argument(help="Artifacts folder holding manifest.json (from `cxr-edge export`).")]
+    = Path("artifacts"),
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Results folder: results.json, table.csv, table.md, "
+                                          "pareto.png.")] = Path("results/cpu"),
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda. On cuda: PyTorch FP32/FP16/BF16 "
+                                        "(channels-last), onnxruntime CUDA and TensorRT providers, OpenVINO GPU and "
+                                        "TensorRT engines, each skipped with its reason where absent.")] = "cpu",
+    batches: Annotated[str, typer.Option("--batches", help="Comma-separated batch sizes to time.")] = "1,8,32",
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed calls per batch size before timing.")] = 3,
+    min_iters: Annotated[int, typer.Option("--min-iters", help="Fewest timed calls per batch size and round.")] = 10,
+    budget_s: Annotated[float, typer.Option("--budget-s", help="Seconds of timed calls per artifact, over all batch "
+                                            "sizes and rounds (each gets an equal share, at least --min-iters "
+                                            "calls).")] = 3.0,
+    rounds: Annotated[int, typer.Option("--rounds", help="Timing rounds, interleaved across the artifacts of a "
+                                        "backbone; the table shows the spread of their medians.")] = 2,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for torch, onnxruntime (intra-op) "
+                                                "and OpenVINO. Default: torch's (all cores).")] = None,
+    compile: Annotated[bool, typer.Option("--compile", help="Add torch.compile rows (needs a C++ compiler on CPU; "
+                                          "a failure is a failed row).")] = False,
+    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap replicates of the 95% CIs.")] = 1000,
+    backbones: Annotated[str | None, typer.Option("--backbones", help="Comma-separated backbones to bench (default: "
+                                                  "all in the manifest).")] = None,
+    runs: Annotated[Path | None, typer.Option("--runs", help="Folder of run folders to use instead of each "
+                                              "artifact's recorded source_run (e.g. after moving them).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace results already in --out.")] = False,
+    progress: Progress = True,
+) -> None:
+    """Benchmark every artifact in the manifest, plus PyTorch eager FP32 of each backbone.
+
+    Accuracy on the test side of each run's saved split at its validation threshold (95% bootstrap
+    CIs), agreement with FP32; latency percentiles and throughput per batch size; parameters, GFLOPs,
+    bytes and peak memory. A failing artifact is a failed row with its error; the loop goes on.
+    """
+    from bench import report
+    from bench.latency import LatencyConfig, parse_batches
+    from bench.runner import BenchConfig, bench_artifacts, check_out, write_results
+
+    config = BenchConfig(device=device, threads=threads, compile=compile, n_boot=n_boot,
+                         latency=LatencyConfig(batches=parse_batches(batches), warmup=warmup, min_iters=min_iters,
+                                               max_iters=max(1000, min_iters), budget_s=budget_s, rounds=rounds),
+                         backbones=tuple(b.strip() for b in backbones.split(",") if b.strip()) if backbones else (),
+                         runs_dir=str(runs) if runs else None)
+    check_out(out_dir, force)
+    doc = bench_artifacts(artifacts, config, progress=progress, console=console,
+                          on_backbone=lambda partial: write_results(out_dir, partial))
+    write_results(out_dir, doc)
+    paths = report.write_reports(doc, out_dir)
+    _print(doc)
+    out.print(f"results: {out_dir / 'results.json'}; " + ", ".join(str(p) for p in paths))
+    counts = {s: sum(r["status"] == s for r in doc["rows"]) for s in ("ok", "skipped", "failed")}
+    console.print(f"{counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed rows in "
+                  f"{doc['seconds']:.0f} s")
+
+
+def _print(doc) -> None:
+    from bench import report
+
+    out.print(report.rich_table(doc))
+    for reason, i in report.note_numbers(doc["rows"]).items():
+        out.print(f"[{i}] {reason}", highlight=False, markup=False)
+    for line in report.environment_lines(doc):
+        out.print(line, highlight=False, markup=False, style="dim")
+
+
+@friendly
+def table(
+    results: Annotated[Path, typer.Argument(help="Results folder (or its results.json) from `cxr-edge bench`.")]
+    = Path("results/cpu"),
+) -> None:
+    """Print the accuracy-cost table of a benchmark in the terminal, with its environment."""
+    from bench.runner import read_results
+
+    _print(read_results(results))
+
+
+@friendly
+def recommend(
+    results: Annotated[Path, typer.Argument(help="Results folder (or its results.json) from `cxr-edge bench`.")]
+    = Path("results/cpu"),
+    budget_ms: Annotated[float, typer.Option("--budget-ms", help="Largest p50 latency allowed, in ms.")] = 20.0,
+    device: Annotated[str | None, typer.Option("--device", help="Device the rows were measured on (cpu, cuda); "
+                                               "needed only when the results hold several.")] = None,
+    batch: Annotated[int, typer.Option("--batch", help="Batch size the budget applies to.")] = 1,
+    min_sensitivity: Annotated[float | None, typer.Option("--min-sensitivity", help="Lowest test sensitivity "
+                                                          "allowed (at the validation threshold), e.g. 0.95.")]
+    = None,
+) -> None:
+    """The artifact with the best test ROC-AUC inside a latency budget, with its numbers and why.
+
+    Exit status 1 when nothing fits (the closest rows are shown).
+    """
+    from bench.recommend import recommend as pick
+    from bench.runner import read_results
+
+    rec = pick(read_results(results), budget_ms, device=device, batch=batch, min_sensitivity=min_sensitivity)
+    for line in rec.lines:
+        out.print(line, highlight=False, markup=False)
+    if rec.best is None:
+        raise typer.Exit(1)

@@ -1,0 +1,81 @@
+"""Latency statistics, the timing loop and the settings' checks."""
+
+import numpy as np
+import pytest
+
+from bench import latency
+
+
+def test_summarize_matches_numpy():
+    ns = [1_000_000, 2_000_000, 3_000_000, 4_000_000, 10_000_000]
+    s = latency.summarize(ns, batch=4)
+    ms = np.asarray(ns) / 1e6
+    assert s["p50_ms"] == pytest.approx(np.percentile(ms, 50))
+    assert s["p99_ms"] == pytest.approx(np.percentile(ms, 99))
+    assert s["mean_ms"] == pytest.approx(ms.mean()) and s["std_ms"] == pytest.approx(ms.std(ddof=1))
+    assert s["ips"] == pytest.approx(4 * 1000 / 3.0) and s["iters"] == 5
+
+
+def test_spread_is_relative_to_the_faster_round():
+    assert latency.spread([10.0, 11.0]) == pytest.approx(0.1)
+    assert latency.spread([5.0]) is None
+
+
+def test_flat_names_columns_by_batch():
+    row = latency.flat(8, latency.summarize([2_000_000] * 3, 8), [2.0, 2.2])
+    assert row["b8_p50_ms"] == pytest.approx(2.0) and row["b8_spread"] == pytest.approx(0.1)
+    assert set(row) >= {"b8_p90_ms", "b8_p99_ms", "b8_mean_ms", "b8_std_ms", "b8_ips", "b8_iters"}
+
+
+def test_time_calls_gives_min_iters_even_with_no_budget_and_stops_at_max():
+    calls = []
+    times = latency.time_calls(lambda: calls.append(1), budget_s=1e-9, min_iters=7, max_iters=50)
+    assert len(times) == 7 == len(calls) and all(t >= 0 for t in times)
+    assert len(latency.time_calls(lambda: None, budget_s=10, min_iters=2, max_iters=30)) == 30
+
+
+def test_time_calls_synchronises_around_each_call():
+    events = []
+    latency.time_calls(lambda: events.append("call"), 1e-9, 2, 2, sync=lambda: events.append("sync"))
+    assert events == ["sync", "call", "sync"] * 2
+
+
+def test_make_batch_repeats_real_images():
+    x = np.arange(3 * 2 * 4 * 4, dtype=np.float32).reshape(3, 2, 4, 4)
+    b = latency.make_batch(x, 5)
+    assert b.shape == (5, 2, 4, 4) and b.flags.c_contiguous
+    np.testing.assert_array_equal(b[3], x[0])
+
+
+@pytest.mark.parametrize("text", ["", "0", "1,x", "-2"])
+def test_parse_batches_rejects_bad_input(text):
+    with pytest.raises(ValueError, match="--batches"):
+        latency.parse_batches(text)
+
+
+def test_parse_batches_drops_repeats():
+    assert latency.parse_batches("1, 8,8,32") == (1, 8, 32)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"batches": ()}, "batches"), ({"min_iters": 1}, "min_iters"), ({"budget_s": 0}, "budget_s"),
+    ({"rounds": 0}, "rounds"), ({"warmup": -1}, "warmup"),
+])
+def test_latency_config_rejects_impossible_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        latency.LatencyConfig(**kwargs)
+
+
+def test_slot_is_an_equal_share_of_the_budget():
+    assert latency.LatencyConfig(batches=(1, 8), budget_s=4.0, rounds=2).slot_s == pytest.approx(1.0)
+
+
+def test_preprocess_time_of_one_image(tiny_synthetic):
+    import csv
+
+    from core.preprocess import Preprocess
+
+    with open(tiny_synthetic / "manifest.csv") as f:
+        paths = [str(tiny_synthetic / r["path"]) for r in csv.DictReader(f)][:3]
+    t = latency.preprocess_time(paths, Preprocess.for_model(32), repeats=5)
+    assert t["n"] == 5 and t["ms_p50"] > 0 and t["size"] == 32
