@@ -71,7 +71,7 @@ def train(
     backbones: Annotated[list[str], typer.Argument(help="Backbone name(s): resnet18, resnet50, densenet121, "
                                                    "efficientnet_b0, mobilenetv2_100, mobilenetv3_large_100, "
                                                    "vit_base_patch16_224.")],
-    data: Data = "synthetic", out_dir: Out = Path("runs"), size: Size = 64, epochs: Epochs = 5,
+    data: Data = "synthetic", out_dir: Out = Path("runs"), size: Size = 64, epochs: Epochs = 4,
     batch_size: Batch = 16, lr: Lr = 4e-3, weight_decay: Wd = 0.05, gamma: Gamma = 2.0, alpha: Alpha = None,
     patience: Patience = 5, seed: Seed = 42, pretrained: Pretrained = False, weights: Weights = None,
     device: Device = "auto", threads: Threads = None, no_augment: NoAugment = False, split_file: SplitFile = None,
@@ -94,7 +94,7 @@ def train(
 @friendly
 def train_all(
     backbones: Annotated[str, typer.Option("--backbones", "-b", help="Comma-separated names, or 'all'.")] = "all",
-    data: Data = "synthetic", out_dir: Out = Path("runs"), size: Size = 64, epochs: Epochs = 5,
+    data: Data = "synthetic", out_dir: Out = Path("runs"), size: Size = 64, epochs: Epochs = 4,
     batch_size: Batch = 16, lr: Lr = 4e-3, weight_decay: Wd = 0.05, gamma: Gamma = 2.0, alpha: Alpha = None,
     patience: Patience = 5, seed: Seed = 42, pretrained: Pretrained = False,
     device: Device = "auto", threads: Threads = None, no_augment: NoAugment = False, split_file: SplitFile = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,22 @@ class Checkpoint:
     def exists(self) -> bool:
         return (self.folder / "state.json").is_file()
 
-    def save_best(self, model: nn.Module) -> None:
-        if self.write:
-            io.save_tensors(self.folder / "best.safetensors", model.state_dict())
+    def mark_last_best(self) -> None:
+        """Make ``best.safetensors`` the weights just saved by :meth:`save` without writing them again.
+
+        ``save`` replaces ``last.safetensors`` by rename (a new file each time), so a hard link keeps
+        these weights as the best after later epochs overwrite ``last``. Where the file system has no
+        hard links, the weights are copied.
+        """
+        if not self.write:
+            return
+        last, best = self.folder / "last.safetensors", self.folder / "best.safetensors"
+        with io.atomic_path(best) as tmp:
+            tmp.unlink()
+            try:
+                os.link(last, tmp)
+            except OSError:
+                shutil.copyfile(last, tmp)
 
     def restore_best(self, model: nn.Module) -> None:
         path = self.folder / "best.safetensors"

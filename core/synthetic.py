@@ -29,7 +29,7 @@ from PIL import Image
 from rich.progress import track
 from scipy import ndimage
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 CLASSES = ("NORMAL", "PNEUMONIA")
 MANIFEST_COLUMNS = ("path", "label", "patient_id", "mask")
 _LESION_LEVEL = 0.35  # an opacity's mask is where it exceeds this share of its own peak
@@ -163,8 +163,8 @@ def _lesions(rng: np.random.Generator, anat: dict, x: np.ndarray, y: np.ndarray)
             continue
         shape /= peak
         mask |= shape > _LESION_LEVEL
-        faint = rng.random() < 0.1  # some faint ground glass, most denser consolidation
-        total += rng.uniform(0.15, 0.25) * shape if faint else rng.uniform(0.35, 0.70) * shape
+        faint = rng.random() < 0.05  # some faint ground glass, most denser consolidation
+        total += rng.uniform(0.15, 0.25) * shape if faint else rng.uniform(0.45, 0.80) * shape
     return total, mask
 
 

@@ -32,7 +32,7 @@ from core.split import Split
 class TrainConfig:
     backbone: str
     size: int = 64
-    epochs: int = 5
+    epochs: int = 4
     batch_size: int = 16
     lr: float = 4e-3  # shared peak learning rate; see registry lr_scale
     weight_decay: float = 0.05
@@ -261,8 +261,11 @@ def fit(config: TrainConfig, split: Split, sides: dict[str, SideImages], run_dir
     if dist.world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
+    if dist.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = Checkpoint(run_dir / "checkpoint", write=dist.main)
     state = {"epoch": 0, "best_auc": -1.0, "best_epoch": -1, "stale": 0, "history": []}
+    best_weights: dict[str, torch.Tensor] | None = None  # the best epoch's weights, kept in memory
     if resume and ckpt.exists():
         state = ckpt.load(model, opt, config.to_dict())
     steps_per_epoch = max(1, len(train.labels) // dist.world // config.batch_size)
@@ -294,15 +297,21 @@ def fit(config: TrainConfig, split: Split, sides: dict[str, SideImages], run_dir
         state["history"].append(row)
         if improved:
             state.update(best_auc=val_auc, best_epoch=epoch + 1, stale=0)
-            ckpt.save_best(model)
+            best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         else:
             state["stale"] += 1
         state["epoch"] = epoch + 1
         if dist.main:
             io.append_jsonl(run_dir / "log.jsonl", row)
-        ckpt.save(model, opt, state, config.to_dict())
+        if epoch + 1 < config.epochs:  # after the last epoch the run is written at once; nothing to resume
+            ckpt.save(model, opt, state, config.to_dict())
+            if improved:
+                ckpt.mark_last_best()
 
-    ckpt.restore_best(model)
+    if best_weights is not None:
+        model.load_state_dict(best_weights)
+    else:  # resumed after the best epoch: its weights are on disk
+        ckpt.restore_best(model)
     val_probs = predict_probs(model, val, preprocess, device, amp=config.amp)
     op = choose_operating_point(val.labels, val_probs)
     record = {

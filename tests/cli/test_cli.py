@@ -112,3 +112,15 @@ def test_cli_defaults_are_the_trainer_defaults(command):
     assert fields, "no shared options found"
     for name, default in fields.items():
         assert params[name].default == default, f"--{name.replace('_', '-')}: CLI {params[name].default!r} != {default!r}"
+
+
+def test_justfile_defaults_are_the_trainer_defaults():
+    """`just train-all` (and so `just demo`) must train with the documented defaults."""
+    import re
+    from pathlib import Path
+
+    from core.train import TrainConfig
+
+    text = (Path(__file__).resolve().parents[2] / "Justfile").read_text()
+    found = {m.group(1): m.group(2) for m in re.finditer(r'^(size|epochs) := "(\d+)"$', text, re.M)}
+    assert found == {"size": str(TrainConfig.size), "epochs": str(TrainConfig.epochs)}

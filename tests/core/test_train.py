@@ -113,3 +113,22 @@ def test_resume_refuses_changed_settings(tiny_split, sides, tmp_path, monkeypatc
 def test_nan_loss_is_a_clear_error(tiny_split, sides, tmp_path):
     with pytest.raises(runs.RunError, match="lower --lr"):
         fit(_config(lr=1e30, grad_clip=1e30, epochs=1), tiny_split, sides, tmp_path / "nan")
+
+
+def test_best_checkpoint_survives_later_epochs(tmp_path):
+    """``mark_last_best`` links the last save as best; the next ``save`` must not change it."""
+    import torch
+    from torch import nn
+
+    from core.checkpoint import Checkpoint
+
+    model = nn.Linear(3, 1)
+    opt = torch.optim.AdamW(model.parameters())
+    ckpt = Checkpoint(tmp_path / "checkpoint")
+    nn.init.constant_(model.weight, 1.0)
+    ckpt.save(model, opt, {"epoch": 1}, {})
+    ckpt.mark_last_best()
+    nn.init.constant_(model.weight, 2.0)
+    ckpt.save(model, opt, {"epoch": 2}, {})
+    ckpt.restore_best(model)
+    assert torch.all(model.weight == 1.0)
