@@ -62,6 +62,7 @@ class PeakMemory:
         self.method = "unavailable"
 
     def __enter__(self) -> "PeakMemory":
+        _release_free_memory()
         self.reset = _reset_peak()
         self.start = rss_mib()
         return self
@@ -75,6 +76,20 @@ class PeakMemory:
             self.peak_mib, self.method = max(hwm / 1024, end) - self.start, "peak RSS (VmHWM reset) - RSS before load"
         else:
             self.peak_mib, self.method = end - self.start, "RSS after - RSS before load (peak counter not resettable)"
+
+
+def _release_free_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the system (glibc ``malloc_trim``), so that a new
+    predictor's allocations show up as RSS growth instead of silently reusing memory freed earlier."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: the figure may then undercount
 
 
 def _reset_peak() -> bool:

@@ -27,7 +27,7 @@ _KNOWN = set(_IDENTITY) | _TEXT | {
     "bytes", "threads", "params_m", "gflops", "threshold", "load_s", "peak_mem_mib", "gpu_peak_mib", "n_test",
     "n_test_pos", "agreement", "max_abs_prob", "auc_change", "pareto_latency", "pareto_bytes", "unverified_reason",
 }
-_KNOWN_PATTERN = re.compile(r"^(b\d+_\w+|(accuracy|precision|sensitivity|specificity|f1|roc_auc|pr_auc)(_lo|_hi)?"
+_KNOWN_PATTERN = re.compile(r"^(b\d+_\w+|(accuracy|ppv|sensitivity|specificity|f1|roc_auc|pr_auc)(_lo|_hi)?"
                             r"|(tp|fp|tn|fn)_count)$")
 
 
@@ -110,8 +110,12 @@ def _reason(r: dict[str, Any]) -> str:
     return "; ".join(p for p in parts if p)
 
 
-def columns(rows: list[dict[str, Any]], batches: list[int]) -> list[tuple[str, Any]]:
-    """(header, cell function) of the readable table; extra columns last."""
+_COMPACT_DROP = ("F1", "p99 ms b1", "params M", "GFLOPs")
+
+
+def columns(rows: list[dict[str, Any]], batches: list[int], compact: bool = False) -> list[tuple[str, Any]]:
+    """(header, cell function) of the readable table; extra columns last. ``compact`` leaves out F1, p99,
+    parameters and GFLOPs (for narrow terminals; table.md and table.csv have them all)."""
     big = max(batches) if batches else 1
     cols: list[tuple[str, Any]] = [
         ("backbone", lambda r: r["backbone"]),
@@ -136,6 +140,8 @@ def columns(rows: list[dict[str, Any]], batches: list[int]) -> list[tuple[str, A
     ]
     if 1 not in batches:
         cols = [c for c in cols if "b1" not in c[0]]
+    if compact:
+        cols = [c for c in cols if c[0] not in _COMPACT_DROP]
     cols += [(k, lambda r, k=k: _extra_cell(r.get(k))) for k in extra_columns(rows)]
     return cols
 
@@ -219,14 +225,14 @@ def csv_text(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def rich_table(doc: dict[str, Any]):
-    """The table for the terminal (`cxr-edge table`)."""
+def rich_table(doc: dict[str, Any], compact: bool = False):
+    """The table for the terminal (`cxr-edge table`); ``compact`` for narrow terminals (see :func:`columns`)."""
     from rich import box
     from rich.markup import escape
     from rich.table import Table
 
     rows, batches = doc["rows"], batches_of(doc)
-    cols = columns(rows, batches)
+    cols = columns(rows, batches, compact)
     notes = note_numbers(rows)
     env = doc.get("environment", {})
     title = (f"{doc.get('artifacts')} on {env.get('settings', {}).get('device')} "

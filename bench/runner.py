@@ -37,6 +37,8 @@ from core import io
 
 RESULTS = "results.json"
 RESULTS_FORMAT = "cxr-edge-bench/1"
+# core.metrics names whose column would clash with a row's identity ("precision" is fp32/fp16/int8 here).
+METRIC_COLUMNS = {"precision": "ppv"}
 
 
 @dataclass(frozen=True)
@@ -361,12 +363,14 @@ def row_metrics(ctx: RowContext) -> dict[str, Any]:
 
 
 def accuracy_columns(labels: np.ndarray, probs: np.ndarray, threshold: float, config: BenchConfig) -> dict[str, Any]:
-    """ROC-AUC, PR-AUC, sensitivity, specificity, F1, accuracy and precision, each with its 95 % CI, flat."""
+    """ROC-AUC, PR-AUC, sensitivity, specificity, F1, accuracy and precision (as ``ppv``: the row's ``precision``
+    is its numeric precision), each with its 95 % CI (``<name>_lo``, ``<name>_hi``), flat."""
     from core.metrics import summarize
 
     s = summarize(labels, probs, threshold, n_boot=config.n_boot, seed=config.seed)
     row: dict[str, Any] = {"n_test": s["n"], "n_test_pos": s["n_pos"]}
     for name, m in s["metrics"].items():
+        name = METRIC_COLUMNS.get(name, name)
         row[name], row[f"{name}_lo"], row[f"{name}_hi"] = m["value"], m["ci95"][0], m["ci95"][1]
     row.update({f"{k}_count": v for k, v in s["confusion"].items()})
     return row

@@ -67,13 +67,17 @@ def bench(
 
 
 def _print(doc) -> None:
+    """The table, its numbered notes and the environment; a file or pipe gets the full width."""
+    from rich.console import Console
+
     from bench import report
 
-    out.print(report.rich_table(doc))
+    con = out if out.is_terminal else Console(width=230)
+    con.print(report.rich_table(doc, compact=con.width < 200))
     for reason, i in report.note_numbers(doc["rows"]).items():
-        out.print(f"[{i}] {reason}", highlight=False, markup=False)
+        con.print(f"[{i}] {reason}", highlight=False, markup=False)
     for line in report.environment_lines(doc):
-        out.print(line, highlight=False, markup=False, style="dim")
+        con.print(line, highlight=False, markup=False, style="dim")
 
 
 @friendly

@@ -1,0 +1,148 @@
+"""The benchmark loop end to end on a tiny run: every row kind, the FP32 agreement, latency columns,
+the hook that adds columns, and a backbone whose run is gone."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from bench import report, runner
+from tests.bench.conftest import fast_config
+
+
+@pytest.fixture(scope="module")
+def results(messy_artifacts, monkeypatch_module):
+    def fidelity(ctx):
+        assert ctx.inputs.shape[0] == len(ctx.labels) == len(ctx.probs)
+        return {"deletion_auc": float(np.mean(ctx.probs)), "sanity_ok": True}
+
+    def broken_hook(ctx):
+        raise RuntimeError("hook failed")
+
+    monkeypatch_module.setattr(runner, "ROW_METRICS", [fidelity, broken_hook])
+    return runner.bench_artifacts(messy_artifacts, fast_config(), progress=False)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+def by(results, fmt, precision):
+    return next(r for r in results["rows"] if r["format"] == fmt and r["precision"] == precision)
+
+
+def test_every_record_is_a_row_with_a_status(results):
+    rows = results["rows"]
+    assert results["complete"] and len(rows) == 1 + 3 + 4
+    assert rows[0]["format"] == "pytorch" and rows[0]["runtime"] == "torch eager" and rows[0]["status"] == "ok"
+    assert [by(results, "onnx", p)["status"] for p in ("fp32", "fp16", "int8")] == ["ok"] * 3
+
+
+def test_onnx_fp32_agrees_with_pytorch(results):
+    r = by(results, "onnx", "fp32")
+    assert r["agreement"] == 1.0 and r["max_abs_prob"] < 1e-4 and abs(r["auc_change"]) < 1e-9
+    assert r["roc_auc"] == pytest.approx(by(results, "pytorch", "fp32")["roc_auc"])
+    assert r["roc_auc_lo"] <= r["roc_auc"] <= r["roc_auc_hi"] and r["ppv"] is not None
+
+
+def test_accuracy_is_on_the_test_side_at_the_validation_threshold(results, bench_run):
+    r = by(results, "pytorch", "fp32")
+    test = bench_run.split().side("test")
+    assert r["n_test"] == len(test) and r["threshold"] == bench_run.threshold
+    assert r["tp_count"] + r["fn_count"] == r["n_test_pos"]
+    info = results["backbones"]["resnet18"]
+    assert info["split_hash"] == bench_run.split().hash and info["threshold_chosen_on"] == "val"
+    assert info["params_m"] == pytest.approx(11.18, abs=0.05) and info["gflops"] > 0
+    assert info["preprocess_one_image"]["ms_p50"] > 0
+
+
+def test_latency_columns_for_each_batch_with_spread(results):
+    for r in (x for x in results["rows"] if x["status"] == "ok"):
+        for b in (1, 4):
+            assert r[f"b{b}_p50_ms"] > 0 and r[f"b{b}_p99_ms"] >= r[f"b{b}_p50_ms"]
+            assert r[f"b{b}_iters"] >= 2 * 3 and r[f"b{b}_spread"] is not None
+            assert r[f"b{b}_ips"] == pytest.approx(b * 1000 / r[f"b{b}_p50_ms"])
+        assert r["threads"] == 2 and r["peak_mem_mib"] is not None and r["load_s"] > 0
+        assert r["bytes"] > 0
+
+
+def test_skipped_and_failed_rows_carry_their_reasons(results):
+    assert by(results, "openvino", "int8")["status"] == "skipped"
+    assert "export failed: ParityError" in by(results, "openvino", "int8")["reason"]
+    broken = by(results, "onnx", "int8-broken")
+    assert broken["status"] == "failed" and broken["error"].startswith("load:")
+    trt = by(results, "tensorrt", "fp16")
+    assert trt["status"] == "skipped" and "NVIDIA GPU" in trt["reason"]
+    coreml = by(results, "coreml", "fp16")
+    assert coreml["status"] == "skipped" and "Core ML cannot predict on Linux" in coreml["reason"]
+    assert coreml["note"] == "built with coremltools 9.0"
+
+
+def test_hook_columns_join_ok_rows_and_hook_errors_do_not_fail_them(results):
+    r = by(results, "onnx", "int8")
+    assert r["status"] == "ok" and 0 <= r["deletion_auc"] <= 1 and r["sanity_ok"] is True
+    assert r["broken_hook_error"] == "RuntimeError: hook failed"
+    assert "deletion_auc" in report.extra_columns(results["rows"])
+
+
+def test_pareto_is_marked_and_reports_are_written(results, tmp_path):
+    assert any(r["pareto_latency"] for r in results["rows"])
+    runner.write_results(tmp_path, results)
+    paths = report.write_reports(results, tmp_path)
+    assert {p.name for p in paths} == {"table.md", "table.csv", "pareto.png"}
+    doc = runner.read_results(tmp_path)
+    assert doc["rows"][0]["backbone"] == "resnet18"
+    assert "deletion_auc" in (tmp_path / "table.md").read_text()
+    with pytest.raises(ValueError, match="--force"):
+        runner.check_out(tmp_path, force=False)
+    runner.check_out(tmp_path, force=True)
+    json.dumps(doc, allow_nan=False)  # strict JSON: no NaN
+
+
+def test_environment_is_recorded(results):
+    env = results["environment"]
+    assert env["cpu"]["model"] and isinstance(env["cpu"]["flags"], list)
+    assert env["versions"]["torch"] and env["settings"]["latency"]["batches"] == [1, 4]
+    assert env["settings"]["threads_used"] == 2 and "perf_counter_ns" in results["method"]
+
+
+def test_a_missing_run_fails_its_rows_and_the_loop_goes_on(clean_artifacts, tmp_path):
+    from core import io
+
+    manifest = json.loads((clean_artifacts / "manifest.json").read_text())
+    ghost = [{**r, "backbone": "mobilenetv2_100", "source_run": str(tmp_path / "gone")} for r in manifest["artifacts"]]
+    art = tmp_path / "art"
+    import shutil
+
+    shutil.copytree(clean_artifacts, art)
+    io.write_json(art / "manifest.json", {**manifest, "artifacts": manifest["artifacts"] + ghost})
+    doc = runner.bench_artifacts(art, fast_config(n_boot=20, latency=fast_config().latency.__class__(
+        batches=(1,), warmup=0, min_iters=2, budget_s=0.05, rounds=1)), progress=False)
+    ghosts = [r for r in doc["rows"] if r["backbone"] == "mobilenetv2_100"]
+    assert len(ghosts) == 4 and all(r["status"] == "failed" and "could not prepare the run" in r["error"]
+                                    for r in ghosts)
+    assert all(r["status"] == "ok" for r in doc["rows"] if r["backbone"] == "resnet18")
+    assert math.isfinite(doc["seconds"])
+
+
+@pytest.mark.parametrize("kwargs, message", [({"device": "tpu"}, "device 'tpu' is not known"),
+                                             ({"threads": 0}, "threads=0"), ({"n_boot": 0}, "n_boot=0")])
+def test_bad_settings_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        runner.BenchConfig(**kwargs)
+
+
+def test_a_folder_without_manifest_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="cxr-edge export"):
+        runner.bench_artifacts(tmp_path, fast_config(), progress=False)
+
+
+def test_unknown_backbone_filter_is_a_clear_error(clean_artifacts):
+    with pytest.raises(ValueError, match="vit_base_patch16_224 have no artifacts"):
+        runner.bench_artifacts(clean_artifacts, fast_config(backbones=("vit_base_patch16_224",)), progress=False)
