@@ -9,6 +9,9 @@ size := "64"
 epochs := "4"
 backbones := "all"
 out := "runs"
+# the benchmark settings of `just demo` (and `just bench fast=1`): short timing, two batch sizes, 200 bootstrap
+# replicates; about 2 s per row on 2 cores at 64 px. Full settings: `just bench` (batches 1,8,32, 3 s per artifact)
+bench_fast := "--batches 1,8 --budget-s 0.5 --min-iters 5 --warmup 2 --n-boot 200"
 
 # list the recipes
 default:
@@ -59,6 +62,43 @@ audit *args:
     out={{quote(out)}}
     source tools/recipe-args.sh "out" "$@"
     {{bin}}/cxr-edge data audit "$out/split.json"
+
+# accuracy, latency and cost of every artifact (artifacts= device=cpu|cuda out=results/<device> fast=1 force=1 threads=)
+bench *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    artifacts=artifacts device=cpu out= fast=0 force=0 threads= compile=0 backbones=
+    source tools/recipe-args.sh "artifacts device out fast force threads compile backbones" "$@"
+    flags=()
+    [ "$fast" = 1 ] && flags+=({{bench_fast}})
+    [ "$force" = 1 ] && flags+=(--force)
+    [ "$compile" = 1 ] && flags+=(--compile)
+    [ -n "$threads" ] && flags+=(--threads "$threads")
+    [ -n "$backbones" ] && flags+=(--backbones "$backbones")
+    {{bin}}/cxr-edge bench "$artifacts" --out "${out:-results/$device}" --device "$device" "${flags[@]}"
+
+# print the accuracy-cost table of a benchmark (out=results/cpu)
+table *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    out=results/cpu
+    source tools/recipe-args.sh "out" "$@"
+    {{bin}}/cxr-edge table "$out"
+
+# the best artifact inside a latency budget (out=results/cpu budget_ms=20 batch=1 min_sensitivity=)
+recommend *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    out=results/cpu budget_ms=20 batch=1 min_sensitivity= device=
+    source tools/recipe-args.sh "out budget_ms batch min_sensitivity device" "$@"
+    flags=()
+    [ -n "$min_sensitivity" ] && flags+=(--min-sensitivity "$min_sensitivity")
+    [ -n "$device" ] && flags+=(--device "$device")
+    {{bin}}/cxr-edge recommend "$out" --budget-ms "$budget_ms" --batch "$batch" "${flags[@]}"
+
+# pytest-benchmark microbenchmarks of each backend's predictor (not part of `just test`); extra args to pytest
+bench-micro *args:
+    CXR_EDGE_MICRO=1 {{bin}}/python -m pytest tests/bench/micro -q "$@"
 
 # run the test suite (fast, offline); extra arguments go to pytest
 test *args:

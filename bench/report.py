@@ -239,7 +239,8 @@ def rich_table(doc: dict[str, Any], compact: bool = False):
              f"({env.get('cpu', {}).get('model')}, {env.get('settings', {}).get('threads_used')} threads)")
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
     for h, _ in cols:
-        table.add_column(h, justify="left" if h in ("backbone", "artifact", "runtime", "status") else "right")
+        table.add_column(h, justify="left" if h in ("backbone", "artifact", "runtime", "status") else "right",
+                         no_wrap=True)
     style = {"ok": "green", "failed": "bold red", "skipped": "yellow"}
     pareto = [h for h, _ in cols].index("Pareto")
     for i, r in enumerate(rows):
@@ -270,6 +271,7 @@ def plot(doc: dict[str, Any], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter
 
     rows = [r for r in doc["rows"] if r.get("status") == "ok" and _finite(r.get("roc_auc"))]
     backbones = list(dict.fromkeys(r["backbone"] for r in rows))
@@ -279,7 +281,7 @@ def plot(doc: dict[str, Any], path: str | Path) -> Path:
     spare = iter("*8<1234+x")
     marker = {k: _MARKERS.get(k) or next(spare, "*") for k in kinds}
     devices = list(dict.fromkeys(r["device"] for r in rows))
-    fig, axes = plt.subplots(1, 2, figsize=(14, 5.6), constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=(15, 5.6), layout="constrained")
     panels = (("b1_p50_ms", "pareto_latency", "p50 latency at batch 1 (ms, log scale)"),
               ("bytes", "pareto_bytes", "artifact size (MB, log scale)"))
     for ax, (key, flag, label) in zip(axes, panels):
@@ -298,6 +300,8 @@ def plot(doc: dict[str, Any], path: str | Path) -> Path:
                 ax.step(xs, ys, where="post", color="0.3", lw=1, ls="--", zorder=2,
                         label=f"Pareto frontier ({device})")
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
         ax.set_xlabel(label)
         ax.set_ylabel("test ROC-AUC")
         ax.grid(True, which="both", alpha=0.25)
@@ -311,13 +315,10 @@ def plot(doc: dict[str, Any], path: str | Path) -> Path:
     colour_handles = [Line2D([], [], marker="o", ls="", color=colour[b], label=b) for b in backbones]
     marker_handles = [Line2D([], [], marker=marker[k], ls="", color="0.35", markerfacecolor="0.35",
                              label=f"{k[0]} {k[1]}") for k in kinds]
-    axes[1].legend(handles=colour_handles + marker_handles, loc="upper left", bbox_to_anchor=(1.02, 1.0),
-                   fontsize=8, title="backbone / artifact", title_fontsize=8, frameon=False)
-    if any(r.get("pareto_bytes") for r in rows):  # the frontier legend was replaced above; add it back
-        axes[1].add_artist(axes[1].legend(handles=colour_handles + marker_handles, loc="upper left",
-                                          bbox_to_anchor=(1.02, 1.0), fontsize=8, title="backbone / artifact",
-                                          title_fontsize=8, frameon=False))
-        axes[1].legend(*axes[1].get_legend_handles_labels(), loc="lower right", fontsize=8)
+    fig.legend(handles=colour_handles, loc="outside right upper", fontsize=8, title="backbone (colour)",
+               title_fontsize=8, frameon=False)
+    fig.legend(handles=marker_handles, loc="outside right lower", fontsize=8, frameon=False, title_fontsize=8,
+               title="artifact (marker)" + (f"\nhollow: {', '.join(devices[1:])}" if len(devices) > 1 else ""))
     if not rows:
         for ax in axes:
             ax.text(0.5, 0.5, "no ok rows to plot", ha="center", va="center", transform=ax.transAxes)

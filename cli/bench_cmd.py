@@ -72,7 +72,7 @@ def _print(doc) -> None:
 
     from bench import report
 
-    con = out if out.is_terminal else Console(width=230)
+    con = out if out.is_terminal else Console(width=300)
     con.print(report.rich_table(doc, compact=con.width < 200))
     for reason, i in report.note_numbers(doc["rows"]).items():
         con.print(f"[{i}] {reason}", highlight=False, markup=False)
