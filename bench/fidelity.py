@@ -1,0 +1,660 @@
+"""Fidelity of Grad-CAM explanations, measured on PyTorch models and on every deployed artifact.
+
+An explanation is faithful to a deployed model when deleting what it marks as important changes
+that model's output most (../shared/DESIGN.md). The measures, all pure functions of arrays:
+
+- :func:`deletion_insertion`: deletion and insertion AUC (Petsiuk et al. 2018, RISE) for any
+  predictor callable (normalised float32 NCHW batch -> N logits), pixels ranked by a heatmap
+  (the FP32 model's), so ONNX, OpenVINO or TensorRT artifacts are scored the same way;
+- :func:`road`: ROAD (Rong et al. 2022) through pytorch-grad-cam, for PyTorch models;
+- :func:`cam_agreement`: Spearman rank correlation and top-10% overlap of two sets of heatmaps
+  (FP32 against FP16/BF16 autocast or a fake-quantized INT8 copy);
+- :func:`sanity_check`: the model-randomization test (Adebayo et al. 2018);
+- :func:`pointing_game`, :func:`energy_in_mask`: localisation against lesion masks (the synthetic
+  set) or boxes (:func:`read_boxes`, RSNA-style ``image,x,y,width,height``).
+
+:func:`artifact_fidelity` is the one call the benchmark makes per artifact row.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.data import DataError
+
+PredictFn = Callable[[np.ndarray], np.ndarray]  # normalised float32 N x C x H x W -> N logits
+BASELINES = ("black", "blur", "mean")
+
+
+# ----------------------------------------------------------------------------- deletion / insertion
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(z, np.float64)))
+
+
+def baseline_image(x: np.ndarray, kind: str, *, mean: Sequence[float] | None = None,
+                   std: Sequence[float] | None = None, blur_sigma: float | None = None) -> np.ndarray:
+    """What a removed pixel becomes, for a normalised ``C x H x W`` (or ``N x C x H x W``) input.
+
+    ``black``: the normalised value of intensity 0 (needs ``mean``/``std``; Petsiuk's deletion);
+    ``blur``: a Gaussian blur of the input (Petsiuk's insertion start; sigma defaults to 5 px at
+    224 px, scaled with the size); ``mean``: 0 after normalisation, the data set's mean colour.
+    """
+    from scipy import ndimage
+
+    x = np.asarray(x, np.float32)
+    if kind == "black":
+        if mean is None or std is None:
+            raise ValueError("the 'black' baseline needs the preprocessing mean and std")
+        c = x.shape[-3]
+        value = (0.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+        shape = (1,) * (x.ndim - 3) + (c, 1, 1)
+        return np.broadcast_to(value.reshape(shape), x.shape).astype(np.float32)
+    if kind == "mean":
+        return np.zeros_like(x)
+    if kind == "blur":
+        sigma = blur_sigma if blur_sigma is not None else max(1.0, 5.0 * x.shape[-1] / 224.0)
+        spatial = (0,) * (x.ndim - 2) + (sigma, sigma)
+        return ndimage.gaussian_filter(x, sigma=spatial, mode="nearest").astype(np.float32)
+    raise ValueError(f"baseline {kind!r} is not known; choose one of {', '.join(BASELINES)}")
+
+
+def _rank_pixels(saliency: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Pixel indices, most salient first; ties broken at random (seeded), not by position."""
+    s = np.asarray(saliency, np.float64).ravel()
+    jitter = rng.permutation(s.size)
+    return np.lexsort((jitter, -s))
+
+
+def _batched(predict_fn: PredictFn, x: np.ndarray, batch_size: int) -> np.ndarray:
+    out = [np.asarray(predict_fn(np.ascontiguousarray(x[i:i + batch_size], np.float32)), np.float64).reshape(-1)
+           for i in range(0, len(x), batch_size)]
+    logits = np.concatenate(out) if out else np.zeros(0)
+    if logits.shape != (len(x),):
+        raise ValueError(f"the predictor returned {logits.shape} logits for {len(x)} inputs; it must return one "
+                         f"logit per image")
+    return logits
+
+
+def deletion_insertion(predict_fn: PredictFn, inputs: np.ndarray, saliency: np.ndarray,
+                       targets: Sequence[int] | np.ndarray | None = None, *, steps: int = 32,
+                       deletion_baseline: str = "black", insertion_baseline: str = "blur",
+                       mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                       batch_size: int = 32, seed: int = 0, modes: Sequence[str] = ("deletion", "insertion"),
+                       ) -> dict[str, Any]:
+    """Deletion and insertion AUC (Petsiuk et al. 2018) of ``predict_fn`` for heatmaps ``saliency``.
+
+    ``inputs``: normalised float32 ``N x C x H x W``; ``saliency``: ``N x H x W`` (the FP32 model's
+    heatmaps, whatever model is scored). Pixels are ranked by saliency (ties at random, seeded) and,
+    in ``steps`` equal steps, deleted (set to ``deletion_baseline``) from the original image, or
+    inserted into ``insertion_baseline``; after each step the predictor's probability of the
+    explained class (``targets``, 1 = PNEUMONIA, default all 1; class 0 reads ``1 - p``) is read.
+    An AUC is the mean of the curve over [0, 1] by the trapezoid rule. Deletion: lower is better
+    (the heatmap finds what the model uses); insertion: higher is better.
+
+    Returns ``deletion_auc``, ``insertion_auc`` (means over images), per-image values and the mean
+    curves. The predictor sees ``N x (steps + 1)`` images per mode, in batches of ``batch_size``.
+    """
+    x = np.asarray(inputs, np.float32)
+    sal = np.asarray(saliency, np.float32)
+    if x.ndim != 4 or sal.shape != (x.shape[0], x.shape[2], x.shape[3]):
+        raise ValueError(f"inputs {x.shape} and heatmaps {sal.shape} do not match: need N x C x H x W and N x H x W")
+    if steps < 2:
+        raise ValueError(f"steps={steps} must be >= 2 (e.g. 32)")
+    n, c, h, w = x.shape
+    tgt = np.ones(n, np.int64) if targets is None else np.asarray(targets, np.int64).reshape(-1)
+    rng = np.random.default_rng(seed)
+    bounds = np.round(np.linspace(0, h * w, steps + 1)).astype(int)
+    result: dict[str, Any] = {"steps": steps, "n_images": n, "deletion_baseline": deletion_baseline,
+                              "insertion_baseline": insertion_baseline}
+    orders = [_rank_pixels(sal[i], rng) for i in range(n)]
+    for mode in modes:
+        if mode not in ("deletion", "insertion"):
+            raise ValueError(f"mode {mode!r} is not known; use deletion and/or insertion")
+        kind = deletion_baseline if mode == "deletion" else insertion_baseline
+        base = baseline_image(x, kind, mean=mean, std=std)
+        curves = np.empty((n, steps + 1))
+        for i in range(n):
+            start, fill = (x[i], base[i]) if mode == "deletion" else (base[i], x[i])
+            seq = np.empty((steps + 1, c, h * w), np.float32)
+            cur = start.reshape(c, h * w).copy()
+            src = fill.reshape(c, h * w)
+            seq[0] = cur
+            for k in range(1, steps + 1):
+                idx = orders[i][bounds[k - 1]:bounds[k]]
+                cur[:, idx] = src[:, idx]
+                seq[k] = cur
+            p = _sigmoid(_batched(predict_fn, seq.reshape(steps + 1, c, h, w), batch_size))
+            curves[i] = p if tgt[i] == 1 else 1.0 - p
+        auc = np.trapezoid(curves, dx=1.0 / steps, axis=1)
+        result[f"{mode}_auc"] = float(auc.mean())
+        result[f"{mode}_auc_per_image"] = auc.tolist()
+        result[f"{mode}_curve"] = curves.mean(axis=0).tolist()
+    return result
+
+
+# ----------------------------------------------------------------------------- ROAD (PyTorch only)
+
+
+def road(model, inputs: np.ndarray, cams: np.ndarray, targets: Sequence[int] | np.ndarray | None = None, *,
+         percentiles: Sequence[int] = (10, 20, 30, 40, 50, 60, 70, 80, 90), device: str = "cpu") -> dict[str, Any]:
+    """ROAD (Rong et al. 2022, "remove and debias") through pytorch-grad-cam's ``ROADCombined``.
+
+    For each percentile the most (MoRF) and least (LeRF) relevant pixels are replaced by noisy
+    linear imputation from their neighbours; the score is the mean over percentiles of
+    ``(LeRF - MoRF) / 2`` change of the probability of the explained class. Higher is better.
+    """
+    import torch
+
+    from core._compat import ensure_torchvision
+
+    ensure_torchvision()
+    from pytorch_grad_cam.metrics.road import ROADCombined
+
+    x = torch.from_numpy(np.ascontiguousarray(inputs, np.float32)).to(device)
+    n = len(x)
+    tgt = np.ones(n, np.int64) if targets is None else np.asarray(targets, np.int64).reshape(-1)
+    # Probability of the explained class, so ROAD's score lies in [-1, 1] and reads like the others.
+    prob_targets = [(lambda out, t=int(t): torch.sigmoid(out.reshape(-1)[0]) if t == 1
+                     else 1 - torch.sigmoid(out.reshape(-1)[0])) for t in tgt]
+    torch.manual_seed(0)  # the imputer adds noise
+    model = model.to(device).eval()
+    scores = ROADCombined(percentiles=list(percentiles))(x, np.asarray(cams, np.float32), prob_targets, model)
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    return {"road": float(scores.mean()), "road_per_image": scores.tolist(), "percentiles": list(percentiles)}
+
+
+# ----------------------------------------------------------------------------- heatmap agreement
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation; a constant map carries no ranking, and counts as 0."""
+    from scipy.stats import spearmanr
+
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0
+    return float(spearmanr(a, b).statistic)
+
+
+def top_overlap(a: np.ndarray, b: np.ndarray, fraction: float = 0.1, seed: int = 0) -> float:
+    """Share of the top ``fraction`` pixels of ``a`` that are also among the top ``fraction`` of ``b``."""
+    a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
+    k = max(1, int(round(fraction * a.size)))
+    rng = np.random.default_rng(seed)
+    top_a = set(_rank_pixels(a, rng)[:k].tolist())
+    top_b = set(_rank_pixels(b, rng)[:k].tolist())
+    return len(top_a & top_b) / k
+
+
+def cam_agreement(reference: np.ndarray, other: np.ndarray, *, top_fraction: float = 0.1) -> dict[str, Any]:
+    """Agreement of two sets of heatmaps of the same images (``N x H x W``): mean Spearman rank
+    correlation and mean overlap of the top ``top_fraction`` pixels (1.0 = the same pixels)."""
+    ref, oth = np.asarray(reference), np.asarray(other)
+    if ref.shape != oth.shape:
+        raise ValueError(f"heatmaps of shapes {ref.shape} and {oth.shape} cannot be compared")
+    rho = [_spearman(r, o) for r, o in zip(ref, oth)]
+    top = [top_overlap(r, o, top_fraction) for r, o in zip(ref, oth)]
+    return {"spearman": float(np.mean(rho)) if rho else None, "top_overlap": float(np.mean(top)) if top else None,
+            "top_fraction": top_fraction, "n_images": len(rho), "spearman_per_image": rho}
+
+
+# ----------------------------------------------------------------------------- randomization sanity check
+
+
+def last_stage(backbone: str, model) -> str:
+    """Dotted name of the last stage of ``model`` (randomized in the cascading sanity check)."""
+    names = dict(model.named_children())
+    if "layer4" in names:  # ResNets
+        return "layer4"
+    if "features" in names and hasattr(model.features, "denseblock4"):  # DenseNet
+        return "features.denseblock4"
+    if "blocks" in names:  # EfficientNet, MobileNets, ViT
+        return f"blocks.{len(model.blocks) - 1}"
+    raise ValueError(f"no last stage known for {backbone}; add it to bench.fidelity.last_stage")
+
+
+def randomized_copy(model, start: str | None, seed: int = 0):
+    """A copy of ``model`` whose classifier head, and (if ``start`` is a module name) every module from
+    ``start`` on in definition order, are re-initialised (Adebayo et al. 2018, cascading randomization)."""
+    import torch
+
+    rand = copy.deepcopy(model).eval()
+    torch.manual_seed(seed)
+    head = rand.get_classifier()
+    head_names = {n for n, m in rand.named_modules() if m is head or any(m is s for s in head.modules())}
+    passed = start is None
+    for name, module in rand.named_modules():
+        if start is not None and (name == start or name.startswith(start + ".")):
+            passed = True
+        if not (passed and start is not None) and name not in head_names:
+            continue
+        own = list(module.parameters(recurse=False))
+        if not own:
+            continue
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+            if hasattr(module, "reset_running_stats"):
+                module.reset_running_stats()
+        else:
+            with torch.no_grad():
+                for p in own:
+                    p.normal_(0.0, 0.02)
+    # Parameters held directly by the model (ViT pos_embed, cls_token) come after no stage: kept.
+    return rand
+
+
+def sanity_check(model, backbone: str, inputs: np.ndarray, targets: Sequence[int] | np.ndarray | None = None, *,
+                 trained_cams: np.ndarray | None = None, method: str = "gradcam", device: str = "cpu",
+                 max_spearman: float = 0.5, seed: int = 0) -> dict[str, Any]:
+    """Model-randomization test (Adebayo et al. 2018): heatmaps after re-initialising the head, then the
+    head and the last stage, must lose their rank correlation with the trained model's heatmaps.
+
+    Passes when the absolute mean Spearman correlation after randomizing the head and the last stage
+    is below ``max_spearman`` (a random head can also invert a map: strong negative correlation
+    means the map still follows the trained features). Constant maps (Grad-CAM's ReLU can zero
+    everything) count as correlation 0. The head-only figures are reported beside it.
+    """
+    from core.gradcam import Explainer
+
+    size = np.asarray(inputs).shape[-1]
+    if trained_cams is None:
+        with Explainer(model, backbone, size, method=method, device=device) as ex:
+            trained_cams = ex(inputs, targets).cams
+    stage = last_stage(backbone, model)
+    out: dict[str, Any] = {"method": method, "max_spearman": max_spearman, "last_stage": stage}
+    for key, start in (("head", None), ("last_stage", stage)):
+        rand = randomized_copy(model, start, seed=seed)
+        with Explainer(rand, backbone, size, method=method, device=device) as ex:
+            cams = ex(inputs, targets).cams
+        agree = cam_agreement(trained_cams, cams)
+        out[f"spearman_{key}"] = agree["spearman"]
+        out[f"top_overlap_{key}"] = agree["top_overlap"]
+    out["passed"] = bool(abs(out["spearman_last_stage"]) < max_spearman)
+    return out
+
+
+# ----------------------------------------------------------------------------- localization
+
+
+def pointing_points(grids: np.ndarray, size: int) -> np.ndarray:
+    """Input-pixel ``(row, col)`` of each heatmap's maximum: the centre of the top cell of the target
+    layer's grid (``N x h x w``). The maximum of the upsampled map is not used: bilinear upsampling
+    clamps at the border, so a corner cell's maximum spreads to the image corner. ``-1`` for a constant map."""
+    g = np.asarray(grids, np.float64)
+    n, gh, gw = g.shape
+    pts = np.full((n, 2), -1, np.int64)
+    for i in range(n):
+        if np.ptp(g[i]) == 0:
+            continue
+        r, c = np.unravel_index(int(np.argmax(g[i])), (gh, gw))
+        pts[i] = (min(size - 1, int((r + 0.5) * size / gh)), min(size - 1, int((c + 0.5) * size / gw)))
+    return pts
+
+
+def pointing_game(points: np.ndarray, masks: np.ndarray, tolerance: int = 0) -> dict[str, Any]:
+    """Pointing game (Zhang et al. 2018): a hit when the heatmap's maximum (``points``, row/col per
+    image) lies within ``tolerance`` pixels of the lesion mask. Images without any lesion are left out;
+    a constant heatmap (point ``-1``) is a miss."""
+    from scipy import ndimage
+
+    hits = []
+    for (r, c), m in zip(np.asarray(points), np.asarray(masks, bool)):
+        if not m.any():
+            continue
+        if r < 0:
+            hits.append(False)
+            continue
+        grown = ndimage.binary_dilation(m, iterations=tolerance) if tolerance > 0 else m
+        hits.append(bool(grown[r, c]))
+    return {"pointing_game": float(np.mean(hits)) if hits else None, "hits": int(sum(hits)), "n_images": len(hits),
+            "tolerance_px": tolerance}
+
+
+def energy_in_mask(cams: np.ndarray, masks: np.ndarray) -> dict[str, Any]:
+    """Share of heatmap energy (sum of values) inside the lesion mask, per image with a lesion, and the
+    share of the image the masks cover (what a uniform heatmap would score)."""
+    shares, areas = [], []
+    for cam, m in zip(np.asarray(cams, np.float64), np.asarray(masks, bool)):
+        if not m.any():
+            continue
+        total = cam.sum()
+        shares.append(float(cam[m].sum() / total) if total > 0 else 0.0)
+        areas.append(float(m.mean()))
+    return {"energy_in_mask": float(np.mean(shares)) if shares else None,
+            "mask_area": float(np.mean(areas)) if areas else None, "n_images": len(shares)}
+
+
+BOX_COLUMNS = ("image", "x", "y", "width", "height")
+
+
+def read_boxes(path: str | Path) -> dict[str, list[tuple[float, float, float, float]]]:
+    """Boxes of a CSV with header ``image,x,y,width,height`` (RSNA pneumonia style: one row per box,
+    pixel coordinates of the original image, ``x,y`` the top-left corner). A row whose four numbers
+    are all empty names an image without a box. Returns image -> list of ``(x, y, width, height)``.
+    Any malformed row is a :class:`~core.data.DataError` naming the line and the fix."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"box file {path} does not exist; give a CSV with columns {','.join(BOX_COLUMNS)}")
+    boxes: dict[str, list[tuple[float, float, float, float]]] = {}
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        fields = [h.strip().lower() for h in (reader.fieldnames or [])]
+        lacking = [c for c in BOX_COLUMNS if c not in fields]
+        if not fields or lacking:
+            raise DataError(f"box file {path} lacks column(s) {', '.join(lacking or BOX_COLUMNS)} "
+                            f"(found: {', '.join(fields) or 'nothing'}); the header must be {','.join(BOX_COLUMNS)}")
+        for raw in reader:
+            row = {k.strip().lower(): (v or "").strip() for k, v in raw.items() if isinstance(k, str)}
+            where = f"{path} line {reader.line_num}"
+            if not row["image"]:
+                raise DataError(f"{where}: the image name is empty; fill it in or delete the row")
+            nums = [row[c] for c in BOX_COLUMNS[1:]]
+            boxes.setdefault(row["image"], [])
+            if not any(nums):
+                continue
+            try:
+                x, y, w, h = (float(v) for v in nums)
+            except ValueError:
+                raise DataError(f"{where}: x,y,width,height must be numbers (got {','.join(nums)}); "
+                                f"leave all four empty for an image without a box") from None
+            if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0 or x < 0 or y < 0:
+                raise DataError(f"{where}: box {x:g},{y:g},{w:g},{h:g} is not valid: x and y must be >= 0 and "
+                                f"width and height > 0 (pixels of the original image)")
+            boxes[row["image"]].append((x, y, w, h))
+    if not boxes:
+        raise DataError(f"box file {path} has a header but no rows; add one row per box")
+    return boxes
+
+
+def boxes_for(boxes: dict[str, list], image_path: str | Path) -> list | None:
+    """The boxes of an image, matched by full path, file name or file stem (RSNA uses patient ids);
+    None when the box file does not list it."""
+    p = Path(image_path)
+    for key in (str(image_path), p.name, p.stem):
+        if key in boxes:
+            return boxes[key]
+    return None
+
+
+def box_mask(boxes: Sequence[tuple[float, float, float, float]], original_size: tuple[int, int], size: int) -> np.ndarray:
+    """Boxes in original pixels (width, height = ``original_size``) -> bool ``size x size`` mask after the
+    preprocessing's squash resize."""
+    ow, oh = original_size
+    m = np.zeros((size, size), bool)
+    for x, y, w, h in boxes:
+        if x >= ow or y >= oh:
+            raise DataError(f"box {x:g},{y:g},{w:g},{h:g} lies outside its {ow}x{oh} image; check the box file")
+        c0, r0 = int(math.floor(x * size / ow)), int(math.floor(y * size / oh))
+        c1, r1 = int(math.ceil((x + w) * size / ow)), int(math.ceil((y + h) * size / oh))
+        m[max(0, r0):min(size, r1), max(0, c0):min(size, c1)] = True
+    return m
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """A lesion mask at the image's original resolution -> ``size x size``, by the same squash resize
+    (PIL bilinear) that :class:`~core.preprocess.Preprocess` applies to the image, then > 0.5."""
+    from PIL import Image
+
+    m = np.asarray(mask, bool)
+    if m.shape == (size, size):
+        return m
+    img = Image.fromarray(m.astype(np.uint8) * 255).resize((size, size), Image.BILINEAR)
+    return np.asarray(img) > 127
+
+
+# ----------------------------------------------------------------------------- per artifact
+
+
+def artifact_fidelity(run_dir: str | Path, predict_fn: PredictFn, images: np.ndarray, fp32_cams: np.ndarray, *,
+                      precision: str = "fp32", targets: Sequence[int] | np.ndarray | None = None,
+                      calibration: dict[str, Any] | None = None, steps: int = 32, batch_size: int = 32,
+                      device: str = "cpu", cache: dict | None = None) -> dict[str, Any]:
+    """Explanation fidelity of one deployed artifact; the benchmark calls this once per artifact row.
+
+    Contract:
+
+    - ``run_dir``: the artifact's source run (its preprocessing, backbone and split are read from it);
+    - ``predict_fn``: the artifact's predictor, normalised float32 ``N x C x H x W`` -> ``N`` logits
+      (e.g. ``load_artifact(record).predict``);
+    - ``images``: the same normalised ``N x C x H x W`` batch for every artifact of the run
+      (e.g. :func:`fidelity_images`: PNEUMONIA test images);
+    - ``fp32_cams``: the FP32 PyTorch model's Grad-CAM heatmaps of ``images`` (``N x H x W``, from
+      :func:`fp32_heatmaps`), by which pixels are ranked for every artifact of the run;
+    - ``precision``: the artifact's precision (fp32 / fp16 / int8), deciding which gradient-carrying
+      stand-in gives heatmaps to compare: fp16 -> PyTorch FP16 autocast (CUDA only); int8 -> the
+      PyTorch model fake-quantized with NNCF on the same calibration images (``calibration`` is the
+      manifest record's ``calibration`` entry); fp32 -> none (it is the reference);
+    - ``cache``: a dict kept by the caller across artifacts of one run (fake-quantized models are built once).
+
+    Returns a flat dict: ``deletion_auc`` (lower is better), ``insertion_auc`` (higher is better),
+    ``cam_agreement`` (Spearman rank correlation with the FP32 heatmaps, or None where undefined),
+    ``cam_top10_overlap``, ``cam_agreement_source`` (what the heatmaps were computed on, or why there
+    are none), ``fidelity_n_images``, ``fidelity_steps`` and ``fidelity_seconds``. Errors propagate;
+    the benchmark turns them into the row's error.
+    """
+    from core.runs import load_run
+
+    t0 = time.perf_counter()
+    run = load_run(run_dir)
+    pre = run.preprocess
+    x = np.asarray(images, np.float32)
+    di = deletion_insertion(predict_fn, x, fp32_cams, targets, steps=steps, mean=pre.mean, std=pre.std,
+                            batch_size=batch_size)
+    row: dict[str, Any] = {"deletion_auc": di["deletion_auc"], "insertion_auc": di["insertion_auc"],
+                           "cam_agreement": None, "cam_top10_overlap": None}
+    try:
+        other, source = lower_precision_heatmaps(run, x, targets, precision, calibration=calibration,
+                                                 device=device, cache=cache)
+    except LowerPrecisionUnavailable as why:
+        other, source = None, str(why)
+    if other is not None:
+        agree = cam_agreement(fp32_cams, other)
+        row.update(cam_agreement=agree["spearman"], cam_top10_overlap=agree["top_overlap"])
+    row.update(cam_agreement_source=source, fidelity_n_images=int(len(x)), fidelity_steps=steps,
+               fidelity_seconds=round(time.perf_counter() - t0, 3))
+    return row
+
+
+class LowerPrecisionUnavailable(RuntimeError):
+    """No gradient-carrying stand-in exists for this precision here (the message says why)."""
+
+
+def lower_precision_heatmaps(run, inputs: np.ndarray, targets, precision: str, *, calibration: dict | None = None,
+                             device: str = "cpu", cache: dict | None = None, method: str = "gradcam"
+                             ) -> tuple[np.ndarray, str]:
+    """Heatmaps of the gradient-carrying stand-in of a ``precision`` artifact, and a description of it."""
+    import torch
+
+    from core.gradcam import Explainer, autocast_model
+
+    dev = torch.device(device)
+    size = run.preprocess.size
+    if precision == "fp32":
+        raise LowerPrecisionUnavailable("fp32 is the reference")
+    if precision in ("fp16", "bf16"):
+        if dev.type != "cuda":
+            raise LowerPrecisionUnavailable(f"{precision} heatmaps need PyTorch autocast on CUDA; device is {dev}")
+        model = run.build_model()
+        with Explainer(autocast_model(model, precision, dev), run.backbone, size, device=dev, layer_model=model,
+                       method=method) as ex:
+            return ex(inputs, targets).cams, f"pytorch {precision} autocast on {dev}"
+    if precision == "int8":
+        model = fake_quantized(run, calibration, cache=cache)
+        with Explainer(model, run.backbone, size, device="cpu", method=method) as ex:
+            return ex(inputs, targets).cams, "pytorch fake-quantized int8 (QDQ scheme, same calibration images)"
+    raise LowerPrecisionUnavailable(f"precision {precision!r} has no stand-in")
+
+
+def fake_quantized(run, calibration: dict | None = None, *, cache: dict | None = None):
+    """The run's PyTorch model fake-quantized to INT8 (:mod:`bench.fakequant`), calibrated on the same
+    training-side images as the INT8 artifacts (``calibration``: the manifest record's settings; the
+    export defaults when None). Built once per run and settings when ``cache`` is kept by the caller."""
+    from bench.fakequant import FakeQuantUnavailable, from_config
+    from export.base import QuantConfig, calibration_set
+
+    fields = {k: v for k, v in (calibration or {}).items() if k in QuantConfig.__dataclass_fields__ and k != "ignored"}
+    cfg = QuantConfig(**fields)
+    key = ("fake_quantized", str(run.path), cfg.n_calibration, cfg.seed, cfg.calibration, cfg.per_channel,
+           cfg.symmetric_activations, cfg.percentile)
+    if cache is not None and key in cache:
+        return cache[key]
+    calib = calibration_set(run.split(), run.preprocess, cfg.n_calibration, cfg.seed)
+    try:
+        quantized = from_config(run.build_model(), calib, cfg.to_dict())
+    except FakeQuantUnavailable as err:
+        raise LowerPrecisionUnavailable(str(err)) from err
+    if cache is not None:
+        cache[key] = quantized
+    return quantized
+
+
+# ----------------------------------------------------------------------------- per run
+
+
+@dataclass
+class FidelitySet:
+    """The images fidelity is measured on, prepared with the run's preprocessing."""
+
+    images: np.ndarray  # uint8 N x H x W x C
+    inputs: np.ndarray  # normalised float32 N x C x H x W
+    labels: np.ndarray  # 0/1
+    paths: list[str]
+    masks: np.ndarray | None  # bool N x H x W lesion masks at the input size, or None when none are known
+    mask_source: str | None
+
+
+def _synthetic_masks(split_source: str) -> dict[str, str]:
+    """Absolute image path -> absolute mask path, from a synthetic manifest's ``mask`` column."""
+    src = Path(split_source)
+    if src.suffix.lower() != ".csv" or not src.is_file():
+        return {}
+    out = {}
+    with open(src, newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("mask"):
+                out[str((src.parent / row["path"]).resolve())] = str((src.parent / row["mask"]).resolve())
+    return out
+
+
+def fidelity_images(run, *, side: str = "test", n: int = 32, positives_only: bool = True,
+                    boxes: str | Path | None = None, seed: int = 0) -> FidelitySet:
+    """Up to ``n`` images of ``side`` of the run's split (PNEUMONIA only by default: their explanation
+    has a known place), drawn seeded, with lesion masks from the synthetic manifest or from a box CSV."""
+    from core.data import decode_image, load_images
+    from core.synthetic import load_mask
+
+    split, pre = run.split(), run.preprocess
+    samples = [s for s in split.samples(side) if s.label == 1 or not positives_only]
+    if not samples:
+        raise DataError(f"side {side!r} of {run.path / 'split.json'} has no "
+                        f"{'PNEUMONIA ' if positives_only else ''}images to measure fidelity on")
+    rng = np.random.default_rng(seed)
+    pick = sorted(rng.choice(len(samples), size=min(n, len(samples)), replace=False).tolist())
+    samples = [samples[i] for i in pick]
+    images, kept, _ = load_images(samples, pre, progress=False)
+    paths = [s.path for s in kept]
+    masks, source = None, None
+    if boxes is not None:
+        table = read_boxes(boxes)
+        listed = [boxes_for(table, p) for p in paths]
+        if all(b is None for b in listed):
+            raise DataError(f"box file {boxes} lists none of the {len(paths)} images measured (e.g. "
+                            f"{Path(paths[0]).name}); name images by path, file name or stem")
+        masks = np.stack([box_mask(b or [], decode_image(p).size, pre.size) for b, p in zip(listed, paths)])
+        source = f"boxes {boxes}"
+    else:
+        known = _synthetic_masks(split.source)
+        if known:
+            masks = np.stack([resize_mask(load_mask(Path(known[p]).parent, Path(known[p]).name), pre.size)
+                              if p in known else np.zeros((pre.size, pre.size), bool) for p in paths])
+            source = "synthetic lesion masks"
+    return FidelitySet(images, pre.normalize(images), np.asarray([s.label for s in kept]), paths, masks, source)
+
+
+def fp32_heatmaps(run, inputs: np.ndarray, targets=None, *, method: str = "gradcam", device: str = "cpu",
+                  model=None, batch_size: int = 16):
+    """The FP32 PyTorch model's heatmaps (a :class:`core.gradcam.CamBatch`) of normalised ``inputs``."""
+    from core.gradcam import Explainer
+
+    model = model if model is not None else run.build_model()
+    with Explainer(model, run.backbone, run.preprocess.size, method=method, device=device) as ex:
+        return ex(inputs, targets, batch_size=batch_size)
+
+
+def run_fidelity(run, *, side: str = "test", n: int = 32, method: str = "gradcam", steps: int = 32,
+                 device: str = "cpu", boxes: str | Path | None = None, with_road: bool = True,
+                 with_sanity: bool = True, with_int8: bool = True, tolerance: int | None = None) -> dict[str, Any]:
+    """Every fidelity measure of one run's FP32 PyTorch model: localisation (pointing game, energy in
+    mask), deletion/insertion AUC, ROAD, the randomization sanity check, time per heatmap, and the
+    agreement of FP16/BF16 (CUDA) and fake-quantized INT8 heatmaps with FP32.
+
+    ``tolerance``: pointing-game tolerance in input pixels; default 15 px at 224 scaled to the input
+    size (Zhang et al. 2018 used 15 px), e.g. 4 px at 64.
+    """
+    import torch
+
+    from export.base import TorchPredictor
+
+    pre = run.preprocess
+    clock = {"start": time.perf_counter()}
+    fs = fidelity_images(run, side=side, n=n, boxes=boxes)
+    model = run.build_model()
+    cams = fp32_heatmaps(run, fs.inputs, None, method=method, device=device, model=model)
+    tol = int(round(15 * pre.size / 224)) if tolerance is None else tolerance
+    out: dict[str, Any] = {
+        "run": str(run.path), "backbone": run.record["backbone"], "size": pre.size, "method": method,
+        "layer": run.backbone.cam_layer, "grid": list(cams.grids.shape[1:]), "side": side, "n_images": len(fs.paths),
+        "explained_class": "PNEUMONIA", "split_hash": run.split().hash, "device": str(device),
+        "val_roc_auc": run.record.get("val", {}).get("metrics", {}).get("roc_auc", {}).get("value"),
+        "seconds_per_heatmap": cams.seconds_per_image,
+    }
+    if fs.masks is not None:
+        pg = pointing_game(pointing_points(cams.grids, pre.size), fs.masks, tolerance=tol)
+        en = energy_in_mask(cams.cams, fs.masks)
+        out.update(pointing_game=pg["pointing_game"], pointing_tolerance_px=tol,
+                   pointing_game_strict=pointing_game(pointing_points(cams.grids, pre.size), fs.masks)["pointing_game"],
+                   energy_in_mask=en["energy_in_mask"], mask_area=en["mask_area"], mask_source=fs.mask_source)
+    clock["heatmaps"] = time.perf_counter()
+    predictor = TorchPredictor(model, device)
+    di = deletion_insertion(predictor.predict, fs.inputs, cams.cams, steps=steps, mean=pre.mean, std=pre.std)
+    rng = np.random.default_rng(0)
+    rand = deletion_insertion(predictor.predict, fs.inputs, rng.random(cams.cams.shape).astype(np.float32),
+                              steps=steps, mean=pre.mean, std=pre.std)
+    out.update(deletion_auc=di["deletion_auc"], insertion_auc=di["insertion_auc"],
+               deletion_auc_random=rand["deletion_auc"], insertion_auc_random=rand["insertion_auc"], steps=steps)
+    clock["deletion_insertion"] = time.perf_counter()
+    if with_road:
+        out["road"] = road(model, fs.inputs, cams.cams, device=device)["road"]
+        clock["road"] = time.perf_counter()
+    if with_sanity:
+        out["sanity"] = sanity_check(model, run.record["backbone"], fs.inputs, trained_cams=cams.cams, method=method,
+                                     device=device)
+        clock["sanity"] = time.perf_counter()
+    agreement: dict[str, Any] = {}
+    for prec in ("fp16", "bf16") if torch.cuda.is_available() else ():
+        other, source = lower_precision_heatmaps(run, fs.inputs, None, prec, device="cuda", method=method)
+        agreement[prec] = {**cam_agreement(cams.cams, other), "source": source}
+        agreement[prec].pop("spearman_per_image")
+    if with_int8:
+        try:
+            other, source = lower_precision_heatmaps(run, fs.inputs, None, "int8", method=method)
+            agreement["int8"] = {**cam_agreement(cams.cams, other), "source": source}
+            agreement["int8"].pop("spearman_per_image")
+        except LowerPrecisionUnavailable as why:
+            agreement["int8"] = {"spearman": None, "source": str(why)}
+    clock["agreement"] = time.perf_counter()
+    out["cam_agreement"] = agreement
+    marks = list(clock.items())
+    out["seconds"] = {k: round(t - marks[i][1], 2) for i, (k, t) in enumerate(marks[1:])}
+    return out
