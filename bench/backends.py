@@ -101,7 +101,7 @@ def torch_targets(backbone: str, model, device: str, compile: bool = False,
                 runtime += f" autocast {amp}, channels-last"
             t = Target(precision=precision, runtime=runtime, load=make(amp, cl, comp), sync=sync,
                        reference=(precision == "fp32" and not comp), **common)
-            if amp == "bf16" and not torch.cuda.is_bf16_supported():
+            if amp == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
                 t.load, t.skip_reason = None, f"this GPU ({torch.cuda.get_device_name(0)}) has no bfloat16 support"
             out.append(t)
     return out

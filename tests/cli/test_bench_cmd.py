@@ -1,0 +1,53 @@
+"""`cxr-edge bench`, `table` and `recommend` as a user meets them."""
+
+import json
+
+from typer.testing import CliRunner
+
+from cli.main import app
+from tests.bench.conftest import bench_run, clean_artifacts  # noqa: F401  (fixtures)
+
+runner = CliRunner()
+FAST = ["--batches", "1,2", "--budget-s", "0.1", "--min-iters", "2", "--warmup", "1", "--n-boot", "20",
+        "--threads", "2", "--no-progress"]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_help_names_the_options():
+    r = invoke("bench", "--help")
+    assert r.exit_code == 0
+    for option in ("--out", "--device", "--batches", "--budget-s", "--min-iters", "--threads", "--compile", "--force"):
+        assert option in r.output
+
+
+def test_bench_table_recommend_and_no_silent_overwrite(clean_artifacts, tmp_path):
+    out = tmp_path / "res"
+    r = invoke("bench", clean_artifacts, "--out", out, *FAST)
+    assert r.exit_code == 0, r.output
+    assert {p.name for p in out.iterdir()} >= {"results.json", "table.csv", "table.md", "pareto.png"}
+    assert "4 ok, 0 skipped, 0 failed" in r.output and "onnxruntime CPU" in r.output
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert len(rows) == 4
+
+    again = invoke("bench", clean_artifacts, "--out", out, *FAST)
+    assert again.exit_code == 2 and "already exists" in again.output and "--force" in again.output
+
+    t = invoke("table", out)
+    assert t.exit_code == 0 and "ROC-AUC (95% CI)" in t.output and "CPU:" in t.output
+
+    rec = invoke("recommend", out, "--budget-ms", 1e6)
+    assert rec.exit_code == 0 and rec.output.startswith("Recommended on cpu at batch 1: resnet18")
+    none = invoke("recommend", out, "--budget-ms", 1e-6)
+    assert none.exit_code == 1 and "No artifact fits" in none.output
+
+
+def test_bad_input_is_one_clear_line(tmp_path):
+    r = invoke("bench", tmp_path, "--out", tmp_path / "res", "--batches", "1,x")
+    assert r.exit_code == 2 and "--batches '1,x'" in r.output and "Traceback" not in r.output
+    r = invoke("bench", tmp_path, "--out", tmp_path / "res")
+    assert r.exit_code == 2 and "manifest.json does not exist" in r.output
+    r = invoke("table", tmp_path / "nothing")
+    assert r.exit_code == 2 and "cxr-edge bench" in r.output
