@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import bench_cmd, data_cmd, export_cmd, train_cmd
+from cli import bench_cmd, data_cmd, export_cmd, gradcam_cmd, train_cmd
 
 app = typer.Typer(
     name="cxr-edge",
@@ -27,6 +27,8 @@ app.command("export")(export_cmd.export)
 app.command("bench")(bench_cmd.bench)
 app.command("table")(bench_cmd.table)
 app.command("recommend")(bench_cmd.recommend)
+app.command("gradcam")(gradcam_cmd.gradcam)
+app.command("fidelity")(gradcam_cmd.fidelity)
 
 
 if __name__ == "__main__":

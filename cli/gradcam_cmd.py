@@ -1,0 +1,197 @@
+"""`cxr-edge gradcam` (heatmaps, overlays, contact sheet) and `cxr-edge fidelity` (explanation fidelity)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from cli.common import Progress, console, friendly, out
+
+Method = Annotated[str, typer.Option("--method", help="gradcam, gradcam++ or hirescam (pytorch-grad-cam).")]
+Side = Annotated[str, typer.Option("--split", help="Side of the run's saved split to take images from when no "
+                                   "IMAGES are given (train, val or test).")]
+N = Annotated[int, typer.Option("--n", help="Images taken from --split when no IMAGES are given (half PNEUMONIA).")]
+Device = Annotated[str, typer.Option("--device", help="cpu or cuda[:N] for the PyTorch model.")]
+Batch = Annotated[int, typer.Option("--batch-size", help="Images per Grad-CAM batch.")]
+
+
+def _pick(run, side: str, n: int, seed: int = 0) -> list[str]:
+    import numpy as np
+
+    samples = run.split().samples(side)
+    if not samples:
+        raise ValueError(f"side {side!r} of {run.path / 'split.json'} has no images; choose train, val or test")
+    rng = np.random.default_rng(seed)
+    pos = [s.path for s in samples if s.label == 1]
+    neg = [s.path for s in samples if s.label == 0]
+    k_pos = min(len(pos), max(n - len(neg), (n + 1) // 2))
+    pick = [pos[i] for i in sorted(rng.choice(len(pos), k_pos, replace=False))] if k_pos else []
+    k_neg = min(len(neg), n - len(pick))
+    pick += [neg[i] for i in sorted(rng.choice(len(neg), k_neg, replace=False))] if k_neg else []
+    return pick
+
+
+def _names(paths: list[str]) -> list[str]:
+    """Unique file-name stems for the output files."""
+    seen: dict[str, int] = {}
+    names = []
+    for p in paths:
+        stem = Path(p).stem
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+    return names
+
+
+@friendly
+def gradcam(
+    runs: Annotated[Path, typer.Argument(help="A run folder, or a folder of runs (runs/): one heatmap column "
+                                         "per backbone.")],
+    images: Annotated[list[Path] | None, typer.Argument(help="Image files (PNG, JPEG, DICOM...). Default: --n "
+                                                        "images from --split of the first run's split.")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for <backbone>/<image>.npy|.png, "
+                                          "contact_sheet.png and gradcam.json.")] = Path("cams"),
+    method: Method = "gradcam",
+    side: Side = "test",
+    n: N = 8,
+    device: Device = "cpu",
+    batch_size: Batch = 16,
+    progress: Progress = True,
+) -> None:
+    """Grad-CAM heatmaps of IMAGES for every run, prepared exactly as in training; raw .npy, overlay PNGs
+    and one contact sheet (rows: images; columns: the image and each backbone's heatmap)."""
+    import numpy as np
+    from rich.progress import track
+
+    from core import io
+    from core.data import decode_image
+    from core.gradcam import METHODS, explain, contact_sheet, save_heatmaps
+    from core.runs import find_runs
+
+    if method not in METHODS:
+        raise ValueError(f"--method {method!r} is not known; choose one of {', '.join(METHODS)}")
+    found = find_runs([runs])
+    paths = [str(p) for p in images] if images else _pick(found[0], side, n)
+    names = _names(paths)
+    labels = {}
+    for s in found[0].split().entries:
+        labels[s.path] = "PNEUMONIA" if s.label == 1 else "NORMAL"
+    decoded = [decode_image(p) for p in paths]  # once; each run resizes with its own preprocessing
+    columns: dict[str, np.ndarray] = {}
+    record: dict[str, Any] = {"method": method, "device": device, "images": paths, "runs": [],
+                              "explained_class": "PNEUMONIA (the model's one logit)", "environment": io.environment()}
+    first_images = None
+    for run in track(found, description="Grad-CAM", disable=not progress or len(found) < 2):
+        pre = run.preprocess
+        imgs = np.stack([pre.image_to_uint8(d) for d in decoded])
+        first_images = imgs if first_images is None else first_images
+        cb = explain(run.build_model(), run.backbone, pre, imgs, method=method, device=device, batch_size=batch_size)
+        name = run.record["backbone"]
+        written = save_heatmaps(out_dir / name, names, imgs, cb.cams)
+        columns[name] = cb.cams
+        probs = 1 / (1 + np.exp(-cb.logits.astype(np.float64)))
+        record["runs"].append({"run": str(run.path), "backbone": name, "size": pre.size, "layer": run.backbone.cam_layer,
+                               "grid": list(cb.grids.shape[1:]), "seconds_per_heatmap": cb.seconds_per_image,
+                               "probabilities": probs.tolist(), "threshold": run.threshold, "files": written})
+        out.print(f"{name}: {len(paths)} heatmaps at {pre.size} px ({cb.grids.shape[1]}x{cb.grids.shape[2]} grid), "
+                  f"{cb.seconds_per_image * 1000:.0f} ms per heatmap on {device}")
+    rows = [f"{labels.get(str(Path(p).resolve()), labels.get(p, ''))[:1]} {nm}" for p, nm in zip(paths, names)]
+    sheet = contact_sheet(out_dir / "contact_sheet.png", first_images, columns, rows)
+    io.write_json(out_dir / "gradcam.json", record)
+    out.print(f"wrote {sheet} and {out_dir / 'gradcam.json'}")
+
+
+@friendly
+def fidelity(
+    paths: Annotated[list[Path], typer.Argument(help="Run folders, folders of runs, or export folders "
+                                                "(with manifest.json): each artifact is scored.")],
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="JSON file of all results.")] = Path("fidelity.json"),
+    method: Method = "gradcam",
+    side: Side = "test",
+    n: Annotated[int, typer.Option("--n", help="PNEUMONIA images of --split to measure on.")] = 32,
+    steps: Annotated[int, typer.Option("--steps", help="Deletion/insertion steps.")] = 32,
+    boxes: Annotated[Path | None, typer.Option("--boxes", help="CSV image,x,y,width,height (RSNA style) of lesion "
+                                               "boxes, for data without masks.")] = None,
+    road: Annotated[bool, typer.Option("--road/--no-road", help="Compute ROAD (slow: a sparse solve per image).")] = True,
+    device: Device = "cpu",
+) -> None:
+    """Explanation fidelity. Runs: pointing game, energy in mask, deletion/insertion AUC, ROAD, the
+    randomization sanity check, time per heatmap and FP16/BF16/INT8 heatmap agreement. Export folders:
+    deletion/insertion AUC of every artifact (pixels ranked by its FP32 model's heatmap) and agreement."""
+    from core import io
+    from core.runs import find_runs, is_complete, load_run
+    from bench.fidelity import artifact_fidelity, fidelity_images, fp32_heatmaps, run_fidelity
+
+    results: dict[str, Any] = {"method": method, "side": side, "n": n, "steps": steps, "runs": [], "artifacts": [],
+                               "environment": io.environment()}
+    run_paths, export_dirs = [], []
+    for p in paths:
+        (export_dirs if (p / "manifest.json").is_file() else run_paths).append(p)
+    for run in find_runs(run_paths) if run_paths else []:
+        console.print(f"[bold]{run.record['backbone']}[/bold]: fidelity of the FP32 model on {n} {side} images")
+        results["runs"].append(run_fidelity(run, side=side, n=n, method=method, steps=steps, device=device,
+                                            boxes=boxes, with_road=road))
+    for folder in export_dirs:
+        from export.pipeline import load_artifact, read_manifest
+
+        by_run: dict[str, Any] = {}
+        for rec in read_manifest(folder):
+            row = {k: rec.get(k) for k in ("backbone", "format", "precision", "status", "path")}
+            if rec.get("status") != "ok":
+                results["artifacts"].append({**row, "error": rec.get("error") or rec.get("reason")})
+                continue
+            try:
+                src = rec["source_run"]
+                if src not in by_run:
+                    run = load_run(src) if is_complete(src) else None
+                    if run is None:
+                        raise ValueError(f"source run {src} of {rec['path']} is missing")
+                    fs = fidelity_images(run, side=side, n=n)
+                    by_run[src] = (fs, fp32_heatmaps(run, fs.inputs, method=method, device=device).cams, {})
+                fs, cams, cache = by_run[src]
+                predictor = load_artifact(rec, folder)
+                row.update(artifact_fidelity(src, predictor.predict, fs.inputs, cams, precision=rec["precision"],
+                                             calibration=rec.get("calibration"), steps=steps, device=device,
+                                             cache=cache))
+            except Exception as err:  # one failing artifact is a row with its error, never a stop
+                row["error"] = f"{type(err).__name__}: {err}"
+            console.print(f"{row['backbone']} {row['format']} {row['precision']}: "
+                          f"{row.get('error') or 'deletion %.3f insertion %.3f' % (row['deletion_auc'], row['insertion_auc'])}")
+            results["artifacts"].append(row)
+    io.write_json(out_file, results)
+    _print_tables(results)
+    out.print(f"wrote {out_file}")
+
+
+def _f(v: Any, fmt: str = ".3f") -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def _print_tables(results: dict[str, Any]) -> None:
+    if results["runs"]:
+        t = Table(title=f"explanation fidelity of the FP32 models ({results['method']}, {results['side']}, "
+                        f"n={results['n']} PNEUMONIA images)")
+        for col in ("backbone", "val AUC", "grid", "pointing", "energy in mask", "deletion ↓", "insertion ↑", "ROAD ↑",
+                    "sanity", "INT8 ρ", "ms/heatmap"):
+            t.add_column(col, no_wrap=True)
+        for r in results["runs"]:
+            s = r.get("sanity") or {}
+            sanity = "-" if not s else f"{'pass' if s['passed'] else 'FAIL'} ({s['spearman_last_stage']:.2f})"
+            int8 = (r.get("cam_agreement") or {}).get("int8", {}).get("spearman")
+            t.add_row(r["backbone"], _f(r.get("val_roc_auc")), "x".join(map(str, r["grid"])), _f(r.get("pointing_game")),
+                      f"{_f(r.get('energy_in_mask'))} (area {_f(r.get('mask_area'))})", _f(r["deletion_auc"]),
+                      _f(r["insertion_auc"]), _f(r.get("road")), sanity, _f(int8),
+                      _f(r["seconds_per_heatmap"] * 1000, ".0f"))
+        out.print(t)
+    if results["artifacts"]:
+        t = Table(title="explanation fidelity of the artifacts (pixels ranked by the FP32 model's Grad-CAM)")
+        for col in ("backbone", "format", "precision", "deletion ↓", "insertion ↑", "CAM ρ vs FP32", "top-10%", "note"):
+            t.add_column(col, no_wrap=True)
+        for r in results["artifacts"]:
+            t.add_row(r["backbone"], r["format"], r["precision"], _f(r.get("deletion_auc")), _f(r.get("insertion_auc")),
+                      _f(r.get("cam_agreement")), _f(r.get("cam_top10_overlap")),
+                      r.get("error") or r.get("cam_agreement_source") or "")
+        out.print(t)
