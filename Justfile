@@ -26,9 +26,9 @@ setup:
 setup-mobile: setup
     {{bin}}/pip install -q -c constraints.txt -e '.[dev,openvino,mobile]'
 
-# the main job on the built-in synthetic data: train all seven backbones, export and evaluate them
-# (artifacts that fail their parity check are reported as failed rows, not a stop)
-demo: train-all (export "keep_going=1") evaluate
+# the main job on the built-in synthetic data: train all seven backbones, export them, benchmark every artifact
+# (short settings: bench_fast) and print the table (artifacts that fail are reported as rows, not a stop)
+demo: train-all (export "keep_going=1") (bench "fast=1" "force=1") table
 
 # train backbones with identical settings (data= size= epochs= backbones= out=)
 train-all *args:
