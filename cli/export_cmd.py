@@ -1,4 +1,5 @@
-"""`cxr-edge export`: trained runs -> checked ONNX / OpenVINO / TensorRT artifacts and artifacts/manifest.json."""
+"""`cxr-edge export`: trained runs -> checked ONNX / OpenVINO / TensorRT / mobile (ExecuTorch, LiteRT, Core ML)
+artifacts and artifacts/manifest.json."""
 
 from __future__ import annotations
 
@@ -19,14 +20,16 @@ def export(
     runs: Annotated[list[Path], typer.Argument(help="Run folders, or a folder of runs (e.g. runs/).")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Artifacts folder: <out>/<backbone>/<format>-"
                                           "<precision>.<ext> and <out>/manifest.json.")] = Path("artifacts"),
-    formats: Annotated[str, typer.Option("--formats", "-f", help="Comma-separated: onnx, openvino, tensorrt; or "
-                                         "'all' (absent backends are listed as skipped, with the reason).")]
+    formats: Annotated[str, typer.Option("--formats", "-f", help="Comma-separated: onnx, openvino, tensorrt, "
+                                         "executorch, litert, coreml; or 'all' (absent backends are listed as "
+                                         "skipped, with the reason and the install hint).")]
     = "onnx,openvino",
     precisions: Annotated[str, typer.Option("--precisions", "-p", help="Comma-separated: fp32, fp16, int8; or "
                                             "'all'.")] = "all",
     calibration: Annotated[str | None, typer.Option("--calibration", help="INT8 calibration of onnxruntime and "
                                                     "TensorRT: minmax, entropy or percentile. Default: each target's "
-                                                    "preset (onnx minmax, tensorrt entropy); OpenVINO uses NNCF's.")]
+                                                    "preset (onnx minmax, tensorrt entropy); OpenVINO uses NNCF's. "
+                                                    "ExecuTorch/LiteRT (PT2E): minmax or entropy (histogram).")]
     = None,
     n_calibration: Annotated[int, typer.Option("--n-calibration", help="Calibration images, drawn (seeded) from the "
                                                "training side of the run's split only.")] = 300,
@@ -45,7 +48,9 @@ def export(
 
     ONNX FP32 (dynamo exporter, simplified) is the hub; FP16 and INT8 (static QDQ) are made from it.
     Tolerances: FP32 max |logit difference| <= 1e-4; FP16/INT8 max |probability difference|,
-    decision agreement and validation ROC-AUC change. Exit status 1 when any artifact failed
+    decision agreement and validation ROC-AUC change. Mobile formats (ExecuTorch, LiteRT, Core ML;
+    extra `mobile`) take one image at a time; Core ML off macOS is converted and checked
+    structurally only (marked unverified). Exit status 1 when any artifact failed
     (0 with --keep-going).
     """
     from core.runs import find_runs
@@ -86,7 +91,8 @@ def _table(records: list[dict[str, Any]], out_dir: Path) -> Table:
     style = {"ok": "green", "failed": "bold red", "skipped": "yellow"}
     notes = _note_numbers(records)
     for i, r in enumerate(records):
-        status = r["status"] + (" (unverified)" if r["status"] == "ok" and r.get("warning") else "")
+        unverified = r["status"] == "ok" and (r.get("warning") or r.get("verified") is False)
+        status = r["status"] + (" (unverified)" if unverified else "")
         if _reason(r):
             status += f" [{notes[_reason(r)]}]"
         first = i == 0 or records[i - 1]["backbone"] != r["backbone"]
@@ -121,7 +127,7 @@ def _notes(records: list[dict[str, Any]]) -> None:
 
 
 def _reason(r: dict[str, Any]) -> str:
-    return r.get("error") or r.get("reason") or r.get("warning") or ""
+    return r.get("error") or r.get("reason") or r.get("warning") or r.get("unverified_reason") or ""
 
 
 def _parity_cell(r: dict[str, Any]) -> str:

@@ -40,6 +40,10 @@ class PrecisionError(ExportError):
     """The artifact built is not of the precision asked for (e.g. no INT8 nodes after quantization)."""
 
 
+MOBILE_NOTE = ("mobile format: latency measured on this host's CPU with the format's desktop runtime stands in for "
+               "a phone's, whose CPU, threads and delegates (GPU, NPU, Neural Engine) differ")
+
+
 @dataclass(frozen=True)
 class Format:
     name: str
@@ -50,12 +54,16 @@ class Format:
     extra: str | None  # pip extra that installs them
     needs_gpu: bool = False
     description: str = ""
+    note: str = ""  # copied into every record of this format (e.g. what its latency stands for)
+    setup: str | None = None  # the `just` recipe that installs the extra, named in the install hint
 
     def missing(self) -> str | None:
         """None when usable here, else the reason (the install hint included)."""
         absent = [m for m in self.requires if importlib.util.find_spec(m) is None]
         if absent:
             hint = f"pip install 'cxr-edge[{self.extra}]'" if self.extra else f"pip install {' '.join(absent)}"
+            if self.setup:
+                hint += f" (or `just {self.setup}`)"
             return f"{self.name} needs {', '.join(absent)}, which is not installed: {hint}"
         if self.needs_gpu:
             import torch
@@ -74,6 +82,16 @@ FORMATS: dict[str, Format] = {
                description="OpenVINO IR; FP16 = compressed weights; INT8 = NNCF post-training quantization"),
         Format("tensorrt", ".engine", PRECISIONS, "export.tensorrt", ("tensorrt",), "tensorrt", needs_gpu=True,
                description="TensorRT engine built from the ONNX file; INT8 from the QDQ ONNX"),
+        Format("executorch", ".pte", ("fp32", "int8"), "mobile.executorch", ("executorch", "torchao"), "mobile",
+               setup="setup-mobile", note=MOBILE_NOTE,
+               description="ExecuTorch program lowered to XNNPACK, batch 1; INT8 = PT2E with XNNPACKQuantizer"),
+        Format("litert", ".tflite", ("fp32", "int8"), "mobile.litert", ("litert_torch", "ai_edge_litert"), "mobile",
+               setup="setup-mobile", note=MOBILE_NOTE,
+               description="LiteRT (TFLite) from litert-torch, batch 1; INT8 = full-integer PT2E (static ranges)"),
+        Format("coreml", ".mlpackage", ("fp32", "fp16"), "mobile.coreml", ("coremltools",), "mobile",
+               setup="setup-mobile", note=MOBILE_NOTE + "; Core ML runs only on macOS",
+               description="Core ML ML program (.mlpackage folder), batch 1; predicts on macOS only, checked "
+                           "structurally elsewhere"),
     )
 }
 
@@ -266,8 +284,11 @@ def artifact_name(backbone: str, fmt: Format, precision: str) -> str:
 
 
 def file_bytes(path: Path) -> int:
-    """Bytes of an artifact, counting its side files (OpenVINO .bin, ONNX external data)."""
+    """Bytes of an artifact, counting its side files (OpenVINO .bin, ONNX external data), or of every file
+    of a folder artifact (a Core ML .mlpackage)."""
     path = Path(path)
+    if path.is_dir():
+        return sum(f.stat().st_size for f in _folder_files(path))
     total = path.stat().st_size
     for side in (path.with_suffix(".bin"), path.with_name(path.name + ".data")):
         if side.exists() and side != path:
@@ -282,11 +303,21 @@ def artifact_files(path: Path) -> list[Path]:
     return [path, *sides]
 
 
+def _folder_files(path: Path) -> list[Path]:
+    return sorted((f for f in Path(path).rglob("*") if f.is_file()), key=lambda f: f.relative_to(path).as_posix())
+
+
 def file_sha256(path: Path) -> str:
-    """sha256 over an artifact's files in :func:`artifact_files` order (the main file alone when it has none)."""
+    """sha256 over an artifact's files in :func:`artifact_files` order (the main file alone when it has none);
+    for a folder artifact, over each file's relative path and bytes in path order."""
     import hashlib
 
     digest = hashlib.sha256()
+    if Path(path).is_dir():
+        for f in _folder_files(Path(path)):
+            digest.update(f.relative_to(path).as_posix().encode() + b"\0")
+            digest.update(f.read_bytes())
+        return digest.hexdigest()
     for f in artifact_files(path):
         with open(f, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):

@@ -133,6 +133,8 @@ def export_one(ctx: ExportContext, fmt: Format, precision: str, out_dir: Path, q
     rel = artifact_name(run.record["backbone"], fmt, precision)
     final = out_dir / rel
     record = _identity(run, fmt, precision)
+    if fmt.note:
+        record["note"] = fmt.note
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{fmt.name}-{precision}-", dir=_mkdir(final.parent)))
     t0 = time.perf_counter()
     try:
@@ -144,17 +146,21 @@ def export_one(ctx: ExportContext, fmt: Format, precision: str, out_dir: Path, q
             record["calibration"] = {**quant.to_dict(), "n_images": int(len(ctx.calibration)), "side": "train"}
         facts = module.build(ctx, precision, tmp / final.name)
         record.update(facts=facts, export_seconds=round(time.perf_counter() - t0, 3))
-        if not (tmp / final.name).is_file():
+        if not (tmp / final.name).exists():
             raise ExportError(f"{fmt.module}.build() wrote no {final.name}")
-        t1 = time.perf_counter()
-        logits = predict_batched(module.load(tmp / final.name), ctx.val_inputs)
-        figures = parity(ctx.reference_logits, logits, ctx.val_labels, run.threshold, precision)
-        record.update(parity=figures, parity_seconds=round(time.perf_counter() - t1, 3), verified=verify)
-        if not figures["within_tolerance"]:
-            message = parity_message(ctx, record, figures, verify)
-            if verify:
-                raise ParityError(message)
-            record["warning"] = message
+        unverified = getattr(module, "unverified_reason", lambda: None)()  # e.g. Core ML off macOS
+        if unverified:
+            record.update(verified=False, unverified_reason=unverified)
+        else:
+            t1 = time.perf_counter()
+            logits = predict_batched(module.load(tmp / final.name), ctx.val_inputs)
+            figures = parity(ctx.reference_logits, logits, ctx.val_labels, run.threshold, precision)
+            record.update(parity=figures, parity_seconds=round(time.perf_counter() - t1, 3), verified=verify)
+            if not figures["within_tolerance"]:
+                message = parity_message(ctx, record, figures, verify)
+                if verify:
+                    raise ParityError(message)
+                record["warning"] = message
         _move_into_place(tmp / final.name, final)
         record.update(status="ok", path=rel, bytes=file_bytes(final), sha256=file_sha256(final))
     except Exception as err:
@@ -196,7 +202,15 @@ def _try_hub(ctx: ExportContext) -> bool:
 
 
 def _move_into_place(built: Path, final: Path) -> None:
-    """Side files first, the main file last (each an atomic rename); stale side files of an older build go."""
+    """Side files first, the main file last (each an atomic rename); stale side files of an older build go.
+    A folder artifact (.mlpackage) replaces an older one by two renames, the old folder then removed."""
+    if built.is_dir():
+        old = final.parent / f".old-{final.name}-{os.getpid()}"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(built, final)
+        shutil.rmtree(old, ignore_errors=True)
+        return
     files = artifact_files(built)
     for f in files[1:] + files[:1]:
         os.replace(f, final.parent / f.name)
@@ -282,7 +296,8 @@ def _versions() -> dict[str, str]:
     from importlib import metadata
 
     out = io.versions()
-    for name in ("cxr-edge", "onnxslim", "onnxscript", "tensorrt"):
+    for name in ("cxr-edge", "onnxslim", "onnxscript", "tensorrt", "executorch", "litert-torch", "ai-edge-litert",
+                 "coremltools"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
