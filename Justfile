@@ -96,6 +96,23 @@ recommend *args:
     [ -n "$device" ] && flags+=(--device "$device")
     {{bin}}/cxr-edge recommend "$out" --budget-ms "$budget_ms" --batch "$batch" "${flags[@]}"
 
+# Grad-CAM heatmaps, overlays and a contact sheet of every run in out= (n= images of the test split, method=)
+gradcam *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    out={{quote(out)}} n=8 method=gradcam cams=cams
+    source tools/recipe-args.sh "out n method cams" "$@"
+    {{bin}}/cxr-edge gradcam "$out" --out "$cams" --n "$n" --method "$method"
+
+# explanation fidelity of every run in out= and every artifact in artifacts= (n= steps= json=)
+fidelity *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    out={{quote(out)}} artifacts=artifacts n=32 steps=32 json=fidelity.json
+    source tools/recipe-args.sh "out artifacts n steps json" "$@"
+    targets=("$out"); [ -f "$artifacts/manifest.json" ] && targets+=("$artifacts")
+    {{bin}}/cxr-edge fidelity "${targets[@]}" --out "$json" --n "$n" --steps "$steps"
+
 # pytest-benchmark microbenchmarks of each backend's predictor (not part of `just test`); extra args to pytest
 bench-micro *args:
     CXR_EDGE_MICRO=1 {{bin}}/python -m pytest tests/bench/micro -q "$@"
