@@ -10,6 +10,7 @@ from rich.table import Table
 
 from cli.common import Data, Progress, Ratios, SkipBad, SplitMethod, SplitSeed, SynthN, console, friendly, out, \
     parse_ratios
+from core.synthetic import SyntheticSpec
 
 app = typer.Typer(help="Data sets: generate the synthetic set, make and audit patient-wise splits.",
                   no_args_is_help=True)
@@ -18,7 +19,7 @@ app = typer.Typer(help="Data sets: generate the synthetic set, make and audit pa
 @app.command("synth")
 @friendly
 def synth(
-    n_images: Annotated[int, typer.Option("--n-images", help="Number of images.")] = 600,
+    n_images: Annotated[int, typer.Option("--n-images", help="Number of images.")] = SyntheticSpec.n_images,
     size: Annotated[int, typer.Option("--size", help="Side of the square images in pixels.")] = 128,
     seed: Annotated[int, typer.Option("--seed", help="Generator seed; the same seed gives the same bytes.")] = 0,
     cache: Annotated[Path | None, typer.Option("--cache", help="Cache folder (default $CXR_EDGE_CACHE or "
@@ -43,7 +44,7 @@ def split(
     seed: SplitSeed = 42,
     ratios: Ratios = "0.7,0.15,0.15",
     skip_bad: SkipBad = False,
-    synthetic_images: SynthN = 600,
+    synthetic_images: SynthN = SyntheticSpec.n_images,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing split file.")] = False,
 ) -> None:
     """Make a patient-wise stratified split and save it as the manifest every later stage reads."""

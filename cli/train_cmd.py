@@ -10,6 +10,7 @@ from rich.table import Table
 
 from cli.common import Data, Progress, Ratios, SkipBad, SplitMethod, SplitSeed, SynthN, console, friendly, out, \
     parse_ratios
+from core.synthetic import SyntheticSpec
 
 Out = Annotated[Path, typer.Option("--out", "-o", help="Folder of run folders; each backbone writes <out>/<backbone>/.")]
 Size = Annotated[int, typer.Option("--size", help="Input size in pixels (square). 224 matches ImageNet weights.")]
@@ -76,7 +77,7 @@ def train(
     patience: Patience = 5, seed: Seed = 42, pretrained: Pretrained = False, weights: Weights = None,
     device: Device = "auto", threads: Threads = None, no_augment: NoAugment = False, split_file: SplitFile = None,
     split: SplitMethod = "patient", split_seed: SplitSeed = 42, ratios: Ratios = "0.7,0.15,0.15",
-    skip_bad: SkipBad = False, synthetic_images: SynthN = 600, resume: Resume = False, force: Force = False,
+    skip_bad: SkipBad = False, synthetic_images: SynthN = SyntheticSpec.n_images, resume: Resume = False, force: Force = False,
     progress: Progress = True,
 ) -> None:
     """Train one or more backbones with focal loss on a patient-wise split; one run folder each.
@@ -99,7 +100,7 @@ def train_all(
     patience: Patience = 5, seed: Seed = 42, pretrained: Pretrained = False,
     device: Device = "auto", threads: Threads = None, no_augment: NoAugment = False, split_file: SplitFile = None,
     split: SplitMethod = "patient", split_seed: SplitSeed = 42, ratios: Ratios = "0.7,0.15,0.15",
-    skip_bad: SkipBad = False, synthetic_images: SynthN = 600, resume: Resume = False, force: Force = False,
+    skip_bad: SkipBad = False, synthetic_images: SynthN = SyntheticSpec.n_images, resume: Resume = False, force: Force = False,
     progress: Progress = True,
 ) -> None:
     """Train all seven backbones (or --backbones) with identical settings on one saved split."""

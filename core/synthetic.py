@@ -39,14 +39,14 @@ _LESION_LEVEL = 0.35  # an opacity's mask is where it exceeds this share of its 
 class SyntheticSpec:
     """What to generate: image count, square image size, seed and the share of NORMAL images."""
 
-    n_images: int = 600
+    n_images: int = 540
     size: int = 128
     seed: int = 0
     normal_fraction: float = 0.27
 
     def __post_init__(self) -> None:
         if not isinstance(self.n_images, int) or self.n_images < 1:
-            raise ValueError(f"n_images={self.n_images!r} must be a positive integer (e.g. 600)")
+            raise ValueError(f"n_images={self.n_images!r} must be a positive integer (e.g. 540)")
         if not isinstance(self.size, int) or self.size < 16:
             raise ValueError(f"size={self.size!r} is too small; use an integer >= 16 (e.g. 64, 128, 224)")
         if not isinstance(self.seed, int) or self.seed < 0:

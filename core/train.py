@@ -254,7 +254,9 @@ def fit(config: TrainConfig, split: Split, sides: dict[str, SideImages], run_dir
         model = model.to(memory_format=torch.channels_last)
     alpha = config.alpha if config.alpha is not None else alpha_from_frequency(train.labels)
     loss_fn = FocalLoss(gamma=config.gamma, alpha=alpha)
-    opt = torch.optim.AdamW(model.parameters(), lr=peak_lr(config), weight_decay=config.weight_decay)
+    # fused: one kernel over all parameters; on a 2-core CPU the default per-parameter loop took 491 ms per step
+    # for ViT-B/16 (fused 50 ms), a third of its training time at 64 px. Same update, same state_dict.
+    opt = torch.optim.AdamW(model.parameters(), lr=peak_lr(config), weight_decay=config.weight_decay, fused=True)
     use_scaler = device.type == "cuda" and config.amp and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
     net = model
