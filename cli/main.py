@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import bench_cmd, data_cmd, export_cmd, gradcam_cmd, train_cmd
+from cli import bench_cmd, data_cmd, export_cmd, gradcam_cmd, report_cmd, train_cmd
 
 app = typer.Typer(
     name="cxr-edge",
@@ -29,6 +29,7 @@ app.command("table")(bench_cmd.table)
 app.command("recommend")(bench_cmd.recommend)
 app.command("gradcam")(gradcam_cmd.gradcam)
 app.command("fidelity")(gradcam_cmd.fidelity)
+app.command("report")(report_cmd.report)
 
 
 if __name__ == "__main__":

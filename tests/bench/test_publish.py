@@ -1,0 +1,61 @@
+"""docs/RESULTS.md is built from the pipeline's files: its figures must be the files' figures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import publish, report, runner
+from tests.bench.conftest import fast_config
+
+
+@pytest.fixture(scope="module")
+def results_dir(clean_artifacts, tmp_path_factory):
+    doc = runner.bench_artifacts(clean_artifacts, fast_config(), progress=False)
+    out = tmp_path_factory.mktemp("results") / "tiny"
+    runner.write_results(out, doc)
+    report.write_reports(doc, out)
+    return out
+
+
+def test_results_doc_quotes_the_result_files(results_dir, tmp_path):
+    sheet = tmp_path / "sheet.png"
+    sheet.write_bytes((results_dir / "pareto.png").read_bytes())
+    fid = tmp_path / "fidelity.json"
+    fid.write_text(json.dumps({"rows": [{"backbone": "resnet18", "pointing_game": 0.875, "sanity_ok": True}]}))
+    md = publish.write_results_doc(results_dir, tmp_path / "docs" / "RESULTS.md", recipe="just kermany",
+                                   contact_sheet=sheet, fidelity=fid, caption="tiny test run").read_text()
+    doc = json.loads((results_dir / "results.json").read_text())
+    eager = next(r for r in doc["rows"] if r["format"] == "pytorch")
+    assert f"{eager['roc_auc']:.3f} ({eager['roc_auc_lo']:.3f}-{eager['roc_auc_hi']:.3f})" in md
+    assert "| resnet18 | 0.981 | 0.997 |" in md  # the paper's figure beside ours
+    assert "0.875" in md and "tiny test run" in md and "`just kermany`" in md
+    assets = tmp_path / "docs" / "results" / "tiny"
+    for name in ("results.json", "table.csv", "pareto.png", "contact_sheet.png", "fidelity.json"):
+        assert (assets / name).is_file(), name
+    assert "](results/tiny/pareto.png)" in md
+
+
+def test_int8_rows_say_whether_they_meet_the_budget():
+    records = [
+        {"backbone": "resnet18", "format": "onnx", "precision": "int8", "status": "ok",
+         "parity": {"auc_change": -0.0021, "max_abs_prob": 0.01, "agreement": 0.99}},
+        {"backbone": "mobilenetv2_100", "format": "openvino", "precision": "int8", "status": "ok",
+         "parity": {"auc_change": -0.0125, "max_abs_prob": 0.2, "agreement": 0.9}},
+        {"backbone": "resnet18", "format": "onnx", "precision": "fp32", "status": "ok", "parity": {}},
+    ]
+    lines = publish.int8_section(records)
+    assert len(lines) == 4  # header, rule, two low-precision rows (FP32 is the reference)
+    assert "| -0.0021 |" in lines[3] and lines[3].endswith("| yes |")
+    assert "no, by 0.0075" in lines[2]
+
+
+def test_missing_results_name_the_stage(tmp_path):
+    with pytest.raises(FileNotFoundError, match="results.json not found"):
+        publish.write_results_doc(tmp_path, tmp_path / "RESULTS.md", recipe="x")
+
+
+def test_missing_contact_sheet_is_a_clear_error(results_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="cxr-edge gradcam"):
+        publish.write_results_doc(results_dir, tmp_path / "RESULTS.md", recipe="x", contact_sheet=tmp_path / "no.png")
