@@ -26,8 +26,8 @@ setup:
 setup-mobile: setup
     {{bin}}/pip install -q -c constraints.txt -e '.[dev,openvino,mobile]'
 
-# the main job on the built-in synthetic data: train all seven backbones, export them, benchmark every artifact
-# (short settings: bench_fast) and print the table (artifacts that fail are reported as rows, not a stop)
+# Artifacts that fail their checks are reported as rows, not a stop; the benchmark uses short settings (bench_fast).
+# the main job on the synthetic data: train all seven, export, benchmark every artifact, print the table
 demo: train-all (export "keep_going=1") (bench "fast=1" "force=1") table
 
 # train backbones with identical settings (data= size= epochs= backbones= out=)
@@ -112,6 +112,29 @@ fidelity *args:
     source tools/recipe-args.sh "out artifacts n steps json" "$@"
     targets=("$out"); [ -f "$artifacts/manifest.json" ] && targets+=("$artifacts")
     {{bin}}/cxr-edge fidelity "${targets[@]}" --out "$json" --n "$n" --steps "$steps"
+
+# CPU defaults (2 cores, a few hours): 128 px, CNNs 2 epochs, ViT-B/16 1 epoch, from scratch. On a GPU:
+# `just kermany size=224 epochs=10 vit_epochs=10 device=cuda` (add weights=imagenet to start from timm's weights).
+# Interrupted? Run it again: finished runs are kept and an interrupted one resumes.
+# real-data results -> docs/RESULTS.md: train all seven on Kermany, export, bench, Grad-CAM, report (data= size= epochs=)
+kermany *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    data=../shared/data/kermany-cxr-224 size=128 epochs=2 vit_epochs=1 device=cpu weights= formats=onnx,openvino
+    runs=runs-kermany artifacts=artifacts-kermany results=results/kermany cams=cams-kermany doc=docs/RESULTS.md
+    source tools/recipe-args.sh "data size epochs vit_epochs device weights formats runs artifacts results cams doc" "$@"
+    init=(); init_words="trained from scratch"
+    [ "$weights" = imagenet ] && { init=(--pretrained); init_words="from timm's ImageNet weights"; }
+    cnns=resnet18,resnet50,densenet121,efficientnet_b0,mobilenetv2_100,mobilenetv3_large_100
+    {{bin}}/cxr-edge train-all --data "$data" --size "$size" --epochs "$epochs" --backbones "$cnns" --out "$runs" --device "$device" --resume "${init[@]}"
+    {{bin}}/cxr-edge train vit_base_patch16_224 --data "$data" --size "$size" --epochs "$vit_epochs" --out "$runs" --device "$device" --resume "${init[@]}"
+    {{bin}}/cxr-edge export "$runs" --out "$artifacts" --formats "$formats" --precisions all --keep-going
+    {{bin}}/cxr-edge bench "$artifacts" --out "$results" --device "$device" --force
+    {{bin}}/cxr-edge gradcam "$runs" --out "$cams" --n 6
+    {{bin}}/cxr-edge report "$results" --out "$doc" --contact-sheet "$cams/contact_sheet.png" \
+        --recipe "just kermany $*" \
+        --caption "All seven backbones ${init_words}, ${size} px, CNNs ${epochs} epochs and ViT-B/16 ${vit_epochs} (its compute is 10x a CNN's), batch 16, focal loss, on one patient-wise split of ${data}; benchmarked on ${device}."
+    {{bin}}/cxr-edge table "$results"
 
 # pytest-benchmark microbenchmarks of each backend's predictor (not part of `just test`); extra args to pytest
 bench-micro *args:
