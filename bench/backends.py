@@ -190,7 +190,14 @@ def artifact_targets(record: dict[str, Any], artifacts_dir: Path, device: str, t
         if reason:
             return skipped(reason, "TensorRT")
         return [Target(runtime="TensorRT", load=loader(), sync=sync, extra=extra, **base)]
+    # Any other format (the mobile ones: ExecuTorch, LiteRT, Core ML) runs on the host CPU with its runtime.
     reason = fmt.missing()
     if reason:
         return skipped(reason)
-    return [Target(runtime=fmt.name, load=loader(), sync=sync, extra=extra, **base)]
+    if device != "cpu":
+        return skipped(f"{fmt.name} runs here on the CPU only; bench it with --device cpu", f"{fmt.name} CPU")
+    import inspect
+
+    takes_threads = "threads" in inspect.signature(importlib.import_module(fmt.module).load).parameters
+    return [Target(runtime=f"{fmt.name} CPU", load=loader(**({"threads": threads} if takes_threads else {})),
+                   extra=extra, **base)]

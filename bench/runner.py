@@ -336,7 +336,7 @@ def _load_and_score(t: Target, ctx: _Shared) -> tuple[dict[str, Any], Any]:
         stage = "warm-up"
         for b in ctx.config.latency.batches:
             x = latency.make_batch(ctx.inputs, b)
-            for _ in range(ctx.config.latency.warmup):
+            for _ in range(max(1, ctx.config.latency.warmup)):  # one at least: lazy compilation (OpenVINO b1)
                 predictor.predict(x)
         row["status"] = "ok"
         hook_ctx = RowContext(run=ctx.run, model=ctx.model, predictor=predictor, row=row, inputs=ctx.inputs,

@@ -14,8 +14,8 @@ from cli.common import Progress, console, friendly, out
 def bench(
     artifacts: Annotated[Path, typer.Argument(help="Artifacts folder holding manifest.json (from `cxr-edge export`).")]
     = Path("artifacts"),
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Results folder: results.json, table.csv, table.md, "
-                                          "pareto.png.")] = Path("results/cpu"),
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Results folder: results.json, table.csv, "
+                                                 "table.md, pareto.png. Default: results/<device>.")] = None,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda. On cuda: PyTorch FP32/FP16/BF16 "
                                         "(channels-last), onnxruntime CUDA and TensorRT providers, OpenVINO GPU and "
                                         "TensorRT engines, each skipped with its reason where absent.")] = "cpu",
@@ -54,6 +54,7 @@ def bench(
                                                max_iters=max(1000, min_iters), budget_s=budget_s, rounds=rounds),
                          backbones=tuple(b.strip() for b in backbones.split(",") if b.strip()) if backbones else (),
                          runs_dir=str(runs) if runs else None)
+    out_dir = out_dir or Path("results") / device
     check_out(out_dir, force)
     doc = bench_artifacts(artifacts, config, progress=progress, console=console,
                           on_backbone=lambda partial: write_results(out_dir, partial))
