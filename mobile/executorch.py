@@ -67,9 +67,17 @@ def graph_counts(graph_module) -> dict[str, Any]:
     """How much of the lowered graph XNNPACK took: delegate calls and the operators left outside it."""
     calls = [n for n in graph_module.graph.nodes if n.op == "call_function"]
     delegates = sum("executorch_call_delegate" in str(n.target) for n in calls)
-    outside = Counter(str(n.target) for n in calls
+    outside = Counter(_op_name(n.target) for n in calls
                       if "executorch_call_delegate" not in str(n.target) and "getitem" not in str(n.target))
     return {"xnnpack_delegates": delegates, "ops_outside_delegate": dict(sorted(outside.items()))}
+
+
+def _op_name(target) -> str:
+    """``aten.cat.default`` for an edge operator (its str() appends the whole schema)."""
+    text = str(target)
+    if text.startswith("<") and ": " in text:
+        return text.split(": ", 1)[1].split(">", 1)[0]
+    return text
 
 
 class ExecuTorchPredictor:
