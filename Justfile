@@ -10,7 +10,7 @@ epochs := "4"
 backbones := "all"
 out := "runs"
 # the benchmark settings of `just demo` (and `just bench fast=1`): short timing, two batch sizes, 200 bootstrap
-# replicates; about 2 s per row on 2 cores at 64 px. Full settings: `just bench` (batches 1,8,32, 3 s per artifact)
+# replicates. Full settings: `just bench` (batches 1,8,32, 3 s of timed calls per artifact, 1000 replicates)
 bench_fast := "--batches 1,8 --budget-s 0.5 --min-iters 5 --warmup 2 --n-boot 200"
 
 # list the recipes
