@@ -19,9 +19,11 @@ def run_dir(tmp_path_factory, tiny_split):
 
 @pytest.fixture
 def no_openvino(monkeypatch):
-    """Keep these tests to ONNX (OpenVINO has its own tests); TensorRT keeps its real availability check."""
+    """Keep these tests to ONNX (OpenVINO and the mobile formats have their own tests); TensorRT keeps its real
+    availability check."""
     real = Format.missing
-    monkeypatch.setattr(Format, "missing", lambda self: "left out of this test" if self.name == "openvino"
+    left_out = {"openvino", "executorch", "litert", "coreml"}
+    monkeypatch.setattr(Format, "missing", lambda self: "left out of this test" if self.name in left_out
                         else real(self))
 
 
@@ -37,7 +39,7 @@ def test_help_names_the_options():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--formats", "onnx,tflite"], "format 'tflite' is not known; choose from onnx, openvino, tensorrt"),
+    (["--formats", "onnx,tflite"], "format 'tflite' is not known; choose from onnx, openvino, tensorrt, executorch, litert, coreml"),
     (["--precisions", "fp32,int4"], "precision 'int4' is not known; choose from fp32, fp16, int8"),
     (["--calibration", "median"], "calibration 'median' is not known; choose from minmax, entropy, percentile"),
     (["--n-calibration", "0"], "n_calibration=0 must be >= 1"),
@@ -64,7 +66,8 @@ def test_formats_all_exports_onnx_and_lists_tensorrt_as_skipped(run_dir, tmp_pat
     assert "onnx fp32 ok" in text and "tensorrt fp32 skipped" in text and "tensorrt needs tensorrt" in text
     records = json.loads((out / "manifest.json").read_text())["artifacts"]
     assert {(r["format"], r["status"]) for r in records} == {("onnx", "ok"), ("openvino", "skipped"),
-                                                             ("tensorrt", "skipped")}
+                                                             ("tensorrt", "skipped"), ("executorch", "skipped"),
+                                                             ("litert", "skipped"), ("coreml", "skipped")}
     assert (out / "resnet18" / "onnx-fp32.onnx").is_file()
 
 
