@@ -11,6 +11,7 @@ TensorRT engines on CUDA). A runtime that is absent gives a skipped row that say
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,14 +46,16 @@ class Target:
 
 class TorchRunner:
     """A PyTorch model run for benchmarking: eager or compiled, FP32 or autocast FP16/BF16, optionally
-    channels-last. Takes and returns host arrays like every other predictor."""
+    channels-last, on its own copy of the model. Takes and returns host arrays like every other predictor."""
 
     def __init__(self, model, device: str = "cpu", amp_dtype: str | None = None, channels_last: bool = False,
                  compile: bool = False) -> None:
         import torch
 
         self.torch, self.device = torch, torch.device(device)
-        model = model.to(self.device).eval()
+        # A copy of its own: .to() and channels-last change a module in place, and the FP32 model is shared by
+        # every PyTorch row and by the row-metric hooks; the copy also makes the weights count in the row's memory.
+        model = copy.deepcopy(model).to(self.device).eval()
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             model = model.to(memory_format=torch.channels_last)

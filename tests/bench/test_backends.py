@@ -99,3 +99,13 @@ def test_bench_on_cuda_end_to_end(clean_artifacts):
     assert fp16["status"] == "ok" and fp16["agreement"] >= 0.9 and fp16["gpu_peak_mib"] > 0
     assert doc["environment"]["gpu"]["name"]
     assert all(r["status"] in ("ok", "skipped") for r in doc["rows"]), [r.get("error") for r in doc["rows"]]
+
+
+def test_torch_runner_leaves_the_shared_model_alone():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.Flatten(), torch.nn.LazyLinear(1))
+    model(torch.zeros(1, 3, 8, 8))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    runner = backends.TorchRunner(model, "cpu", channels_last=True)
+    out = runner.predict(np.zeros((2, 3, 8, 8), np.float32))
+    assert out.shape == (2,) and runner.model is not model
+    assert all(torch.equal(before[k], v) and v.is_contiguous() for k, v in model.state_dict().items())
