@@ -142,8 +142,14 @@ def columns(rows: list[dict[str, Any]], batches: list[int], compact: bool = Fals
         cols = [c for c in cols if "b1" not in c[0]]
     if compact:
         cols = [c for c in cols if c[0] not in _COMPACT_DROP]
-    cols += [(k, lambda r, k=k: _extra_cell(r.get(k))) for k in extra_columns(rows)]
+    cols += [(_EXTRA_HEADERS.get(k, k), lambda r, k=k: _extra_cell(r.get(k))) for k in extra_columns(rows)]
     return cols
+
+
+#: Short headers of the columns that hooks add (table.csv keeps the keys themselves).
+_EXTRA_HEADERS = {"deletion_auc": "del AUC", "insertion_auc": "ins AUC", "cam_agreement": "CAM rho",
+                  "cam_top10_overlap": "CAM top10", "sanity_ok": "sanity", "fidelity_ms_per_image": "fid ms/img",
+                  "fp32_cam_ms_per_image": "CAM ms/img"}
 
 
 def note_numbers(rows: list[dict[str, Any]]) -> dict[str, int]:

@@ -37,6 +37,10 @@ def bench(
     runs: Annotated[Path | None, typer.Option("--runs", help="Folder of run folders to use instead of each "
                                               "artifact's recorded source_run (e.g. after moving them).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace results already in --out.")] = False,
+    fidelity_n: Annotated[int, typer.Option("--fidelity-n", help="PNEUMONIA test images per run for the "
+                                            "explanation-fidelity columns (deletion/insertion AUC, INT8 heatmap "
+                                            "agreement, sanity check); 0 turns them off.")] = 8,
+    fidelity_steps: Annotated[int, typer.Option("--fidelity-steps", help="Deletion/insertion steps.")] = 16,
     progress: Progress = True,
 ) -> None:
     """Benchmark every artifact in the manifest, plus PyTorch eager FP32 of each backbone.
@@ -45,10 +49,14 @@ def bench(
     CIs), agreement with FP32; latency percentiles and throughput per batch size; parameters, GFLOPs,
     bytes and peak memory. A failing artifact is a failed row with its error; the loop goes on.
     """
-    from bench import report
+    from bench import fidelity_hook, report
     from bench.latency import LatencyConfig, parse_batches
-    from bench.runner import BenchConfig, bench_artifacts, check_out, write_results
+    from bench.runner import ROW_METRICS, BenchConfig, bench_artifacts, check_out, write_results
 
+    if fidelity_n < 0 or fidelity_steps < 1:
+        raise ValueError(f"--fidelity-n {fidelity_n} must be >= 0 and --fidelity-steps {fidelity_steps} >= 1")
+    fidelity_hook.SETTINGS = fidelity_hook.FidelitySettings(n=fidelity_n, steps=fidelity_steps)
+    fidelity_hook.reset()
     config = BenchConfig(device=device, threads=threads, compile=compile, n_boot=n_boot,
                          latency=LatencyConfig(batches=parse_batches(batches), warmup=warmup, min_iters=min_iters,
                                                max_iters=max(1000, min_iters), budget_s=budget_s, rounds=rounds),
@@ -56,8 +64,17 @@ def bench(
                          runs_dir=str(runs) if runs else None)
     out_dir = out_dir or Path("results") / device
     check_out(out_dir, force)
-    doc = bench_artifacts(artifacts, config, progress=progress, console=console,
-                          on_backbone=lambda partial: write_results(out_dir, partial))
+    hook = fidelity_hook.explanation_fidelity
+    added = bool(fidelity_n) and hook not in ROW_METRICS
+    if added:
+        ROW_METRICS.append(hook)
+    try:
+        doc = bench_artifacts(artifacts, config, progress=progress, console=console,
+                              on_backbone=lambda partial: write_results(out_dir, partial))
+    finally:
+        if added:
+            ROW_METRICS.remove(hook)
+        fidelity_hook.reset()
     write_results(out_dir, doc)
     paths = report.write_reports(doc, out_dir)
     _print(doc)
@@ -73,7 +90,7 @@ def _print(doc) -> None:
 
     from bench import report
 
-    con = out if out.is_terminal else Console(width=300)
+    con = out if out.is_terminal else Console(width=400)
     con.print(report.rich_table(doc, compact=con.width < 200))
     for reason, i in report.note_numbers(doc["rows"]).items():
         con.print(f"[{i}] {reason}", highlight=False, markup=False)

@@ -51,7 +51,7 @@ def test_columns_added_by_a_hook_appear_in_every_table():
     report.mark_pareto(rows)
     md = report.markdown(doc)
     header = next(line for line in md.splitlines() if line.startswith("| backbone"))
-    assert "deletion_auc" in header and "sanity_ok" in header and "note" not in header
+    assert "del AUC" in header and "sanity" in header and "note" not in header  # known hooks get short headers
     assert "0.120" in md and "| yes |" in md and "cam_error: boom" in md and "text stays a note" in md
     parsed = list(csv.DictReader(io.StringIO(report.csv_text(rows))))
     assert parsed[1]["deletion_auc"] == "0.2" and parsed[0]["cam_error"] == ""

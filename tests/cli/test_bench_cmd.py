@@ -9,7 +9,7 @@ from tests.bench.conftest import bench_run, clean_artifacts  # noqa: F401  (fixt
 
 runner = CliRunner()
 FAST = ["--batches", "1,2", "--budget-s", "0.1", "--min-iters", "2", "--warmup", "1", "--n-boot", "20",
-        "--threads", "2", "--no-progress"]
+        "--threads", "2", "--no-progress", "--fidelity-n", "2", "--fidelity-steps", "4"]
 
 
 def invoke(*args):
@@ -31,6 +31,8 @@ def test_bench_table_recommend_and_no_silent_overwrite(clean_artifacts, tmp_path
     assert "4 ok, 0 skipped, 0 failed" in r.output and "onnxruntime CPU" in r.output
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert len(rows) == 4
+    assert all(0 <= r["deletion_auc"] <= 1 and isinstance(r["sanity_ok"], bool) for r in rows)  # fidelity columns
+    assert [r["cam_agreement"] is not None for r in rows] == [r["precision"] == "int8" for r in rows]
 
     again = invoke("bench", clean_artifacts, "--out", out, *FAST)
     assert again.exit_code == 2 and "already exists" in again.output and "--force" in again.output
