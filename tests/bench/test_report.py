@@ -87,7 +87,7 @@ def test_rich_table_renders(capsys):
     report.mark_pareto(rows)
     Console(width=250).print(report.rich_table(doc_of(rows)))
     text = capsys.readouterr().out
-    assert "0.950 (0.930-0.970)" in text and "deletion_auc" in text
+    assert "0.950 (0.930-0.970)" in text and "del AUC" in text
 
 
 # ------------------------------------------------------------------------------------- recommend
