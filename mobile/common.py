@@ -193,8 +193,10 @@ def check_input(expected: tuple[int, ...], got: tuple[int, ...], where: Path) ->
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """Keep converters' prints and warnings (hundreds of lines per model) off the user's screen."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    """Keep converters' prints, progress bars and warnings (hundreds of lines per model) off the user's screen;
+    errors still raise."""
+    sink = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         warnings.simplefilter("ignore")
         yield
 
