@@ -11,7 +11,7 @@ backbones := "all"
 out := "runs"
 # the benchmark settings of `just demo` (and `just bench fast=1`): short timing, two batch sizes, 200 bootstrap
 # replicates. Full settings: `just bench` (batches 1,8,32, 3 s of timed calls per artifact, 1000 replicates)
-bench_fast := "--batches 1,8 --budget-s 0.5 --min-iters 5 --warmup 2 --n-boot 200"
+bench_fast := "--batches 1,8 --budget-s 0.5 --min-iters 5 --warmup 2 --n-boot 200 --fidelity-n 4 --fidelity-steps 8"
 
 # list the recipes
 default:
