@@ -216,6 +216,12 @@ def _upscale(arr: np.ndarray, min_side: int) -> np.ndarray:
     return np.asarray(Image.fromarray(arr).resize((w * f, h * f), Image.NEAREST))
 
 
+def _save_npy(path: Path, array) -> None:
+    """np.save to exactly ``path`` (given a name, np.save appends ``.npy`` to a temporary file's name)."""
+    with open(path, "wb") as f:
+        np.save(f, np.asarray(array, np.float32), allow_pickle=False)
+
+
 def save_heatmaps(out_dir: str | Path, names: Sequence[str], images: np.ndarray, cams: np.ndarray,
                   *, min_side: int = 256) -> list[dict[str, str]]:
     """Write ``<name>.npy`` (raw float32 heatmap at input resolution) and ``<name>.png`` (overlay,
@@ -227,7 +233,7 @@ def save_heatmaps(out_dir: str | Path, names: Sequence[str], images: np.ndarray,
     written = []
     for name, img, cam in zip(names, images, cams):
         npy, png = out / f"{name}.npy", out / f"{name}.png"
-        io.write_atomic(npy, lambda p, c=cam: np.save(p, np.asarray(c, np.float32), allow_pickle=False))
+        io.write_atomic(npy, lambda p, c=cam: _save_npy(p, c))
         pic = _upscale(overlay(img, cam), min_side)
         io.write_atomic(png, lambda p, a=pic: Image.fromarray(a).save(p, format="PNG"))
         written.append({"npy": str(npy), "png": str(png)})

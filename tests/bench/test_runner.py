@@ -98,7 +98,7 @@ def test_pareto_is_marked_and_reports_are_written(results, tmp_path):
     assert {p.name for p in paths} == {"table.md", "table.csv", "pareto.png"}
     doc = runner.read_results(tmp_path)
     assert doc["rows"][0]["backbone"] == "resnet18"
-    assert "deletion_auc" in (tmp_path / "table.md").read_text()
+    assert "del AUC" in (tmp_path / "table.md").read_text()
     with pytest.raises(ValueError, match="--force"):
         runner.check_out(tmp_path, force=False)
     runner.check_out(tmp_path, force=True)
