@@ -75,7 +75,7 @@ def test_int8_is_qdq_with_int8_weights_calibrated_on_training_images(exported, t
     assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") > 0
     assert rec["facts"]["int8_weights"] >= 20  # every conv of ResNet-18 and its classifier
     q = rec["facts"]["quantization"]
-    assert q["format"] == "QDQ" and q["per_channel"] and q["calibrate_method"] == "MinMax"
+    assert q["format"] == "QDQ" and q["per_channel"] and q["calibrate_method"] == "Percentile"
     cal = rec["calibration"]
     assert cal["side"] == "train" and cal["n_images"] == len(trained_run.split().side("train"))
     assert rec["parity"]["within_tolerance"], rec["parity"]

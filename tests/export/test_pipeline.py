@@ -182,7 +182,7 @@ def test_bad_requests_are_refused_before_any_work(trained_run, tmp_path):
 def test_presets_per_target_with_overrides():
     configs = pipeline.quant_configs([FORMATS["onnx"], FORMATS["tensorrt"], FORMATS["openvino"]],
                                      {"n_calibration": 50, "calibration": None, "accuracy_aware": True})
-    assert configs["onnx"].calibration == "minmax" and configs["tensorrt"].calibration == "entropy"
+    assert configs["onnx"].calibration == "percentile" and configs["tensorrt"].calibration == "entropy"
     assert configs["tensorrt"].symmetric_activations and not configs["onnx"].symmetric_activations
     assert configs["openvino"].accuracy_aware and not configs["onnx"].accuracy_aware
     assert {c.n_calibration for c in configs.values()} == {50}
