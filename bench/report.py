@@ -266,7 +266,11 @@ def rich_table(doc: dict[str, Any], compact: bool = False):
 _MARKERS = {("pytorch", "fp32"): "o", ("pytorch", "fp16"): "h", ("pytorch", "bf16"): "H",
             ("onnx", "fp32"): "s", ("onnx", "fp16"): "D", ("onnx", "int8"): "d",
             ("openvino", "fp32"): "^", ("openvino", "fp16"): ">", ("openvino", "int8"): "v",
-            ("tensorrt", "fp32"): "p", ("tensorrt", "fp16"): "P", ("tensorrt", "int8"): "X"}
+            ("tensorrt", "fp32"): "p", ("tensorrt", "fp16"): "P", ("tensorrt", "int8"): "X",
+            ("executorch", "fp32"): "*", ("executorch", "int8"): "+", ("litert", "fp32"): "<", ("litert", "int8"): "4"}
+
+
+_LINE_MARKERS = set("+x1234|_")
 
 
 def plot(doc: dict[str, Any], path: str | Path) -> Path:
@@ -284,7 +288,7 @@ def plot(doc: dict[str, Any], path: str | Path) -> Path:
     cmap = plt.get_cmap("tab10")
     colour = {b: cmap(i % 10) for i, b in enumerate(backbones)}
     kinds = list(dict.fromkeys((r["format"], r["precision"]) for r in rows))
-    spare = iter("*8<1234+x")
+    spare = iter("x123|_8")
     marker = {k: _MARKERS.get(k) or next(spare, "*") for k in kinds}
     devices = list(dict.fromkeys(r["device"] for r in rows))
     fig, axes = plt.subplots(1, 2, figsize=(15, 5.6), layout="constrained")
@@ -295,7 +299,12 @@ def plot(doc: dict[str, Any], path: str | Path) -> Path:
         for r in rows:
             if _finite(r.get(key)):
                 hollow = len(devices) > 1 and r["device"] != devices[0]
-                ax.scatter(r[key] * scale, r["roc_auc"], s=60, marker=marker[(r["format"], r["precision"])],
+                m = marker[(r["format"], r["precision"])]
+                if m in _LINE_MARKERS:  # drawn with lines only: colour them, thicker on a second device
+                    ax.scatter(r[key] * scale, r["roc_auc"], s=80, marker=m, c=[colour[r["backbone"]]],
+                               linewidths=1.2 if hollow else 2.2, alpha=0.9, zorder=3)
+                    continue
+                ax.scatter(r[key] * scale, r["roc_auc"], s=60, marker=m,
                            facecolors="none" if hollow else colour[r["backbone"]], edgecolors=colour[r["backbone"]],
                            linewidths=1.2, alpha=0.9, zorder=3)
         for device in devices:
