@@ -21,7 +21,6 @@ runtime) so that they go straight to JSON and CSV.
 from __future__ import annotations
 
 import gc
-import math
 import time
 import traceback
 from collections.abc import Callable
@@ -453,22 +452,5 @@ def read_results(path: str | Path) -> dict[str, Any]:
     return doc
 
 
-def clean(obj: Any) -> Any:
-    """JSON-safe: NaN/inf -> null, numpy scalars -> Python, tuples -> lists."""
-    if isinstance(obj, dict):
-        return {str(k): clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [clean(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def write_results(out_dir: str | Path, doc: dict[str, Any]) -> Path:
-    return io.write_json(Path(out_dir) / RESULTS, clean(doc))
+    return io.write_json(Path(out_dir) / RESULTS, io.json_safe(doc))

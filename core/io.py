@@ -58,6 +58,28 @@ def append_jsonl(path: str | Path, obj: Any) -> None:
         f.flush()
 
 
+def json_safe(obj: Any) -> Any:
+    """JSON-safe copy: NaN/inf -> null (strict JSON readers reject them), numpy scalars -> Python,
+    tuples -> lists, paths -> strings."""
+    import math
+
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
 def _jsonable(o: Any) -> Any:
     if hasattr(o, "item"):
         return o.item()

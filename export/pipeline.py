@@ -79,7 +79,7 @@ def _export_run(run, fmts: list[Format], precs: list[str], quants: dict[str, Qua
                 reason = missing[fmt.name] or (None if precision in fmt.precisions
                                                else f"{fmt.name} has no {precision} path")
                 if reason:
-                    yield _clean({**_identity(run, fmt, precision), "status": "skipped", "reason": reason})
+                    yield io.json_safe({**_identity(run, fmt, precision), "status": "skipped", "reason": reason})
                     continue
                 if ctx is None and ctx_error is None:
                     work = Path(tempfile.mkdtemp(prefix=".tmp-work-", dir=_mkdir(out_dir / _name(run))))
@@ -88,10 +88,10 @@ def _export_run(run, fmts: list[Format], precs: list[str], quants: dict[str, Qua
                     except Exception as err:
                         ctx_error = f"{type(err).__name__}: {err}"
                 if ctx_error:
-                    yield _clean({**_identity(run, fmt, precision), "status": "failed",
+                    yield io.json_safe({**_identity(run, fmt, precision), "status": "failed",
                                   "error": f"could not prepare the run: {ctx_error}"})
                 else:
-                    yield _clean(export_one(ctx, fmt, precision, out_dir, quants[fmt.name], verify))
+                    yield io.json_safe(export_one(ctx, fmt, precision, out_dir, quants[fmt.name], verify))
     finally:
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
@@ -334,21 +334,6 @@ def _mkdir(path: Path) -> Path:
 
 def _key(rec: dict[str, Any]) -> tuple[str, str, str]:
     return rec["backbone"], rec["format"], rec["precision"]
-
-
-def _clean(obj: Any) -> Any:
-    """JSON-safe: NaN/inf become null (strict JSON readers reject them), tuples become lists."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 def _progress(enabled: bool, console=None):
