@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -70,13 +69,7 @@ def runtime_info() -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
-    out = io.versions()
-    for name in _EXTRA_VERSIONS:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+    return io.versions(_EXTRA_VERSIONS)
 
 
 def environment(settings: dict[str, Any] | None = None) -> dict[str, Any]:

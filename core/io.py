@@ -103,9 +103,10 @@ def load_tensors(path: str | Path) -> dict:
     return load_file(str(path))
 
 
-def versions() -> dict[str, str]:
+def versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
+    """Python's and the installed versions of the core packages, then of ``extra`` ones (absent ones left out)."""
     out = {"python": platform.python_version()}
-    for name in _VERSIONED:
+    for name in (*_VERSIONED, *extra):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -293,16 +293,8 @@ def _identity(run, fmt: Format, precision: str) -> dict[str, Any]:
 
 
 def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = io.versions()
-    for name in ("cxr-edge", "onnxslim", "onnxscript", "tensorrt", "executorch", "litert-torch", "ai-edge-litert",
-                 "coremltools"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+    return io.versions(("cxr-edge", "onnxslim", "onnxscript", "tensorrt", "executorch", "litert-torch",
+                        "ai-edge-litert", "coremltools"))
 
 
 def _order(formats: list[Format]) -> list[Format]:
