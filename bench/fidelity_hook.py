@@ -71,8 +71,7 @@ def explanation_fidelity(ctx) -> dict[str, Any]:
     if SETTINGS.n <= 0:
         return {}
     info = _per_run(ctx)
-    record = getattr(ctx.predictor, "record", None)
-    calibration = record.get("calibration") if isinstance(record, dict) else None
+    calibration = (ctx.record or {}).get("calibration")  # the INT8 stand-in uses the artifact's own calibration
     precision = str(ctx.row.get("precision", "fp32"))
     precision = precision if precision in ("fp32", "fp16", "bf16", "int8") else "fp32"
     fid = artifact_fidelity(ctx.run.path, ctx.predictor.predict, info["inputs"], info["cams"], precision=precision,

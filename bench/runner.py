@@ -80,7 +80,8 @@ class RowContext:
     """What a per-row metric hook may use. ``predictor`` is the loaded artifact (or PyTorch variant);
     ``model`` the FP32 PyTorch model on the CPU (for gradients, e.g. Grad-CAM); ``inputs`` the
     normalised test images (float32 NCHW) with ``labels``; ``probs`` this row's test probabilities and
-    ``reference_probs`` the PyTorch FP32 row's (None while scoring that row itself)."""
+    ``reference_probs`` the PyTorch FP32 row's (None while scoring that row itself); ``record`` the artifact's
+    manifest record (its calibration settings, for instance)."""
 
     run: Any
     model: Any
@@ -93,6 +94,7 @@ class RowContext:
     threshold: float
     device: str
     config: BenchConfig
+    record: dict[str, Any] | None = None  # the artifact's manifest record (None for the PyTorch rows)
 
 
 RowMetric = Callable[[RowContext], dict[str, Any]]
@@ -341,7 +343,7 @@ def _load_and_score(t: Target, ctx: _Shared) -> tuple[dict[str, Any], Any]:
         hook_ctx = RowContext(run=ctx.run, model=ctx.model, predictor=predictor, row=row, inputs=ctx.inputs,
                               labels=ctx.labels, probs=probs, reference_probs=None if t.reference else
                               ctx.reference_probs, threshold=ctx.threshold, device=ctx.config.device,
-                              config=ctx.config)
+                              config=ctx.config, record=t.record)
         row.update(row_metrics(hook_ctx))
         return row, predictor
     except Exception as err:

@@ -48,3 +48,29 @@ def test_int8_rows_compare_heatmaps_with_fp32(rows):
 def test_off_when_n_is_zero(monkeypatch):
     monkeypatch.setattr(fidelity_hook, "SETTINGS", fidelity_hook.FidelitySettings(n=0))
     assert fidelity_hook.explanation_fidelity(object()) == {}
+
+
+def test_int8_stand_in_is_calibrated_like_the_artifact(clean_artifacts, monkeypatch):
+    """The fake-quantized stand-in must use the artifact's own calibration record, not the defaults."""
+    import json
+
+    from bench import fidelity
+
+    seen = {}
+
+    def spy(run_dir, predict_fn, images, cams, *, precision, calibration, **kw):
+        seen[precision] = calibration
+        return {"deletion_auc": 0.5, "insertion_auc": 0.5, "cam_agreement": None, "cam_top10_overlap": None,
+                "fidelity_seconds": 0.1, "fidelity_n_images": len(images)}
+
+    monkeypatch.setattr(fidelity, "artifact_fidelity", spy)
+    monkeypatch.setattr(runner, "ROW_METRICS", [fidelity_hook.explanation_fidelity])
+    monkeypatch.setattr(fidelity_hook, "SETTINGS", fidelity_hook.FidelitySettings(n=2, steps=2, sanity=False))
+    fidelity_hook.reset()
+    try:
+        runner.bench_artifacts(clean_artifacts, fast_config(), progress=False)
+    finally:
+        fidelity_hook.reset()
+    manifest = json.loads((clean_artifacts / "manifest.json").read_text())["artifacts"]
+    int8 = next(r for r in manifest if r["precision"] == "int8")
+    assert seen["int8"] == int8["calibration"] and seen["int8"]["calibration"] == "percentile"
