@@ -15,7 +15,6 @@ Columns: ``deletion_auc`` (lower is better), ``insertion_auc`` (higher is better
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,10 +49,9 @@ def _per_run(ctx) -> dict[str, Any]:
         raise ValueError("the test side has no PNEUMONIA images to measure explanation fidelity on")
     x = np.ascontiguousarray(ctx.inputs[pos], dtype=np.float32)
     targets = np.ones(len(x), dtype=np.int64)
-    t0 = time.perf_counter()
     cams = fp32_heatmaps(ctx.run, x, targets, method=SETTINGS.method, model=ctx.model)
     info: dict[str, Any] = {"inputs": x, "targets": targets, "cams": cams.cams, "cache": {},
-                            "cam_ms": 1000 * (time.perf_counter() - t0) / len(x)}
+                            "cam_ms": 1000 * cams.seconds / len(x)}
     if SETTINGS.sanity:
         import copy
 
