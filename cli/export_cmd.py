@@ -26,10 +26,11 @@ def export(
     = "onnx,openvino",
     precisions: Annotated[str, typer.Option("--precisions", "-p", help="Comma-separated: fp32, fp16, int8; or "
                                             "'all'.")] = "all",
-    calibration: Annotated[str | None, typer.Option("--calibration", help="INT8 calibration of onnxruntime and "
-                                                    "TensorRT: minmax, entropy or percentile. Default: each target's "
-                                                    "preset (onnx minmax, tensorrt entropy); OpenVINO uses NNCF's. "
-                                                    "ExecuTorch/LiteRT (PT2E): minmax or entropy (histogram).")]
+    calibration: Annotated[str | None, typer.Option("--calibration", help="INT8 calibration: minmax, entropy or "
+                                                    "percentile. Default: each target's preset (onnx percentile, "
+                                                    "tensorrt entropy, openvino minmax; NNCF maps percentile to "
+                                                    "MEAN_QUANTILE and entropy to HISTOGRAM). ExecuTorch/LiteRT "
+                                                    "(PT2E): minmax or entropy (histogram).")]
     = None,
     n_calibration: Annotated[int, typer.Option("--n-calibration", help="Calibration images, drawn (seeded) from the "
                                                "training side of the run's split only.")] = 300,
@@ -37,6 +38,12 @@ def export(
                                                  "with accuracy control on the validation side.")] = False,
     max_auc_drop: Annotated[float, typer.Option("--max-auc-drop", help="Budget of --accuracy-aware: largest "
                                                 "validation ROC-AUC drop allowed.")] = 0.005,
+    keep_float: Annotated[list[str] | None, typer.Option("--keep-float", help="INT8: keep these layers in float "
+                                                         "(repeatable): a glob over graph node names "
+                                                         "('node_Conv_1*') or an op type ('type:Multiply' in "
+                                                         "OpenVINO, 'type:Mul' in ONNX). Replaces the backbone's "
+                                                         "default (OpenVINO EfficientNet-B0 and MobileNet-V3: "
+                                                         "type:Multiply).")] = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Experts: keep artifacts that differ from PyTorch "
                                             "beyond tolerance (figures still recorded, marked unverified).")] = False,
     keep_going: Annotated[bool, typer.Option("--keep-going", help="Exit 0 even when some artifacts failed their "
@@ -60,7 +67,8 @@ def export(
     fmts, precs = parse_formats(formats), parse_precisions(precisions)
     overrides: dict[str, Any] = {"calibration": calibration.strip().lower() if calibration else None,
                                  "n_calibration": n_calibration, "accuracy_aware": accuracy_aware,
-                                 "max_auc_drop": max_auc_drop}
+                                 "max_auc_drop": max_auc_drop,
+                                 "ignored": tuple(p.strip() for p in keep_float if p.strip()) if keep_float else None}
     quant_configs(fmts, overrides)  # a bad option fails here, before any run is read
     found = find_runs(runs)
     try:

@@ -205,12 +205,17 @@ def quant_args(ctx: ExportContext, model) -> dict[str, Any]:
                              "CalibStridedMinMax": 1}  # one reader batch per pass: bounded memory (see the reader)
     if q.calibration == "percentile":
         extra["CalibPercentile"] = q.percentile
-    names = [n.name for n in model.graph.node]
-    excluded = sorted({n for n in names for pat in q.ignored if fnmatch(n, pat)})
+    nodes = [(n.name, n.op_type) for n in model.graph.node]
+
+    def hits(pat: str, name: str, op: str) -> bool:  # "type:Mul" names an op type, anything else globs names
+        return op == pat[len("type:"):] if pat.startswith("type:") else fnmatch(name, pat)
+
+    excluded = sorted({name for name, op in nodes for pat in q.ignored if hits(pat, name, op)})
     for pat in q.ignored:
-        if not any(fnmatch(n, pat) for n in names):
+        if not any(hits(pat, name, op) for name, op in nodes):
             raise ExportError(f"ignored pattern {pat!r} matches no node of the ONNX graph; node names look like "
-                              f"{', '.join(names[:5])}, …")
+                              f"{', '.join(name for name, _ in nodes[:5])}, …; op types: "
+                              f"{', '.join(sorted({op for _, op in nodes}))} (as type:Conv)")
     activation = QuantType.QInt8 if q.symmetric_activations else QuantType.QUInt8
     kwargs = dict(per_channel=q.per_channel, calibrate_method=method, activation_type=activation,
                   weight_type=QuantType.QInt8, nodes_to_exclude=excluded or None, extra_options=extra)

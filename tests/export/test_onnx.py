@@ -124,6 +124,12 @@ def test_quantization_arguments_follow_the_config(onnx_ctx):
     ctx = replace(onnx_ctx, quant=QuantConfig.preset("onnx", ignored=("no_such_node*",)))
     with pytest.raises(ExportError, match="matches no node"):
         onnx_target.quant_args(ctx, model)
+    convs = sorted(n.name for n in model.graph.node if n.op_type == "Conv")
+    ctx = replace(onnx_ctx, quant=QuantConfig.preset("onnx", ignored=("type:Conv",)))
+    assert convs and onnx_target.quant_args(ctx, model)["kwargs"]["nodes_to_exclude"] == convs
+    ctx = replace(onnx_ctx, quant=QuantConfig.preset("onnx", ignored=("type:Multiply",)))
+    with pytest.raises(ExportError, match="op types: .*Conv"):
+        onnx_target.quant_args(ctx, model)
 
 
 def test_legacy_exporter_and_unslimmed_graph_are_fallbacks_that_are_recorded(onnx_ctx, tmp_path, monkeypatch):
