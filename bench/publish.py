@@ -206,7 +206,14 @@ def write_results_doc(results_dir: str | Path, out: str | Path, *, recipe: str, 
              "machines cannot reach a model hub), smaller images and far fewer epochs (see the training table), "
              "a different patient-wise split (of the 5,216 public training images only; the public test/val "
              "folders are not in this data set), and CPU training. The gap to the paper is mostly the missing "
-             "pretraining; run the GPU variant of the recipe with ImageNet weights to compare like with like.", "",
+             "pretraining, a guess this run does not test; run the GPU variant of the recipe (below) with ImageNet "
+             "weights to compare like with like.", "",
+             "## Reproduce", "",
+             f"- This page: `{recipe}` (2 CPU cores, a few hours; resumable: finished runs and artifacts are kept). "
+             "Training is seeded, so the accuracy figures repeat; latency repeats within the spread the table shows.",
+             "- The GPU variant, as the paper ran it: `just kermany size=224 epochs=10 vit_epochs=10 device=cuda "
+             "weights=imagenet doc=docs/RESULTS-gpu.md` (ImageNet weights from timm's hub, so that machine needs to "
+             "reach it; `cxr-edge train BACKBONE --weights FILE` takes a local file per backbone instead).", "",
              "## What to ship", "", "Pareto-optimal on this CPU (no other artifact has a higher test ROC-AUC at a "
              "lower p50 latency, batch 1):", ""] + pareto_section(doc) + [
              "", "Best artifact inside a latency budget (p50 at batch 1 on this CPU; `cxr-edge recommend`):", ""

@@ -31,6 +31,7 @@ def test_results_doc_quotes_the_result_files(results_dir, tmp_path):
     assert f"{eager['roc_auc']:.3f} ({eager['roc_auc_lo']:.3f}-{eager['roc_auc_hi']:.3f})" in md
     assert "| resnet18 | 0.981 | 0.997 |" in md  # the paper's figure beside ours
     assert "0.875" in md and "tiny test run" in md and "`just kermany`" in md
+    assert "## Reproduce" in md and "size=224" in md  # the GPU variant stands beside the CPU recipe
     assets = tmp_path / "docs" / "results" / "tiny"
     for name in ("results.json", "table.csv", "pareto.png", "contact_sheet.png", "fidelity.json"):
         assert (assets / name).is_file(), name
