@@ -256,7 +256,7 @@ def randomized_copy(model, start: str | None, seed: int = 0):
 
 def sanity_check(model, backbone: str, inputs: np.ndarray, targets: Sequence[int] | np.ndarray | None = None, *,
                  trained_cams: np.ndarray | None = None, method: str = "gradcam", device: str = "cpu",
-                 max_spearman: float = 0.5, seed: int = 0) -> dict[str, Any]:
+                 max_spearman: float = 0.5, seed: int = 0, layer: str | None = None) -> dict[str, Any]:
     """Model-randomization test (Adebayo et al. 2018): heatmaps after re-initialising the head, then the
     head and the last stage, must lose their rank correlation with the trained model's heatmaps.
 
@@ -269,13 +269,13 @@ def sanity_check(model, backbone: str, inputs: np.ndarray, targets: Sequence[int
 
     size = np.asarray(inputs).shape[-1]
     if trained_cams is None:
-        with Explainer(model, backbone, size, method=method, device=device) as ex:
+        with Explainer(model, backbone, size, method=method, device=device, layer=layer) as ex:
             trained_cams = ex(inputs, targets).cams
     stage = last_stage(backbone, model)
     out: dict[str, Any] = {"method": method, "max_spearman": max_spearman, "last_stage": stage}
     for key, start in (("head", None), ("last_stage", stage)):
         rand = randomized_copy(model, start, seed=seed)
-        with Explainer(rand, backbone, size, method=method, device=device) as ex:
+        with Explainer(rand, backbone, size, method=method, device=device, layer=layer) as ex:
             cams = ex(inputs, targets).cams
         agree = cam_agreement(trained_cams, cams)
         out[f"spearman_{key}"] = agree["spearman"]
@@ -470,8 +470,8 @@ class LowerPrecisionUnavailable(RuntimeError):
 
 
 def lower_precision_heatmaps(run, inputs: np.ndarray, targets, precision: str, *, calibration: dict | None = None,
-                             device: str = "cpu", cache: dict | None = None, method: str = "gradcam"
-                             ) -> tuple[np.ndarray, str]:
+                             device: str = "cpu", cache: dict | None = None, method: str = "gradcam",
+                             layer: str | None = None) -> tuple[np.ndarray, str]:
     """Heatmaps of the gradient-carrying stand-in of a ``precision`` artifact, and a description of it."""
     import torch
 
@@ -486,11 +486,11 @@ def lower_precision_heatmaps(run, inputs: np.ndarray, targets, precision: str, *
             raise LowerPrecisionUnavailable(f"{precision} heatmaps need PyTorch autocast on CUDA; device is {dev}")
         model = run.build_model()
         with Explainer(autocast_model(model, precision, dev), run.backbone, size, device=dev, layer_model=model,
-                       method=method) as ex:
+                       method=method, layer=layer) as ex:
             return ex(inputs, targets).cams, f"pytorch {precision} autocast on {dev}"
     if precision == "int8":
         model = fake_quantized(run, calibration, cache=cache)
-        with Explainer(model, run.backbone, size, device="cpu", method=method) as ex:
+        with Explainer(model, run.backbone, size, device="cpu", method=method, layer=layer) as ex:
             return ex(inputs, targets).cams, "pytorch fake-quantized int8 (QDQ scheme, same calibration images)"
     raise LowerPrecisionUnavailable(f"precision {precision!r} has no stand-in")
 
@@ -582,18 +582,20 @@ def fidelity_images(run, *, side: str = "test", n: int = 32, positives_only: boo
 
 
 def fp32_heatmaps(run, inputs: np.ndarray, targets=None, *, method: str = "gradcam", device: str = "cpu",
-                  model=None, batch_size: int = 16):
-    """The FP32 PyTorch model's heatmaps (a :class:`core.gradcam.CamBatch`) of normalised ``inputs``."""
+                  model=None, batch_size: int = 16, layer: str | None = None):
+    """The FP32 PyTorch model's heatmaps (a :class:`core.gradcam.CamBatch`) of normalised ``inputs``
+    (at ``layer``, default the registry's target layer)."""
     from core.gradcam import Explainer
 
     model = model if model is not None else run.build_model()
-    with Explainer(model, run.backbone, run.preprocess.size, method=method, device=device) as ex:
+    with Explainer(model, run.backbone, run.preprocess.size, method=method, device=device, layer=layer) as ex:
         return ex(inputs, targets, batch_size=batch_size)
 
 
 def run_fidelity(run, *, side: str = "test", n: int = 32, method: str = "gradcam", steps: int = 32,
                  device: str = "cpu", boxes: str | Path | None = None, with_road: bool = True,
-                 with_sanity: bool = True, with_int8: bool = True, tolerance: int | None = None) -> dict[str, Any]:
+                 with_sanity: bool = True, with_int8: bool = True, tolerance: int | None = None,
+                 layer: str | None = None) -> dict[str, Any]:
     """Every fidelity measure of one run's FP32 PyTorch model: localisation (pointing game, energy in
     mask), deletion/insertion AUC, ROAD, the randomization sanity check, time per heatmap, and the
     agreement of FP16/BF16 (CUDA) and fake-quantized INT8 heatmaps with FP32.
@@ -609,11 +611,11 @@ def run_fidelity(run, *, side: str = "test", n: int = 32, method: str = "gradcam
     clock = {"start": time.perf_counter()}
     fs = fidelity_images(run, side=side, n=n, boxes=boxes)
     model = run.build_model()
-    cams = fp32_heatmaps(run, fs.inputs, None, method=method, device=device, model=model)
+    cams = fp32_heatmaps(run, fs.inputs, None, method=method, device=device, model=model, layer=layer)
     tol = int(round(15 * pre.size / 224)) if tolerance is None else tolerance
     out: dict[str, Any] = {
         "run": str(run.path), "backbone": run.record["backbone"], "size": pre.size, "method": method,
-        "layer": run.backbone.cam_layer, "grid": list(cams.grids.shape[1:]), "side": side, "n_images": len(fs.paths),
+        "layer": layer or run.backbone.cam_layer, "grid": list(cams.grids.shape[1:]), "side": side, "n_images": len(fs.paths),
         "explained_class": "PNEUMONIA", "split_hash": run.split().hash, "device": str(device),
         "val_roc_auc": run.record.get("val", {}).get("metrics", {}).get("roc_auc", {}).get("value"),
         "seconds_per_heatmap": cams.seconds_per_image,
@@ -638,16 +640,16 @@ def run_fidelity(run, *, side: str = "test", n: int = 32, method: str = "gradcam
         clock["road"] = time.perf_counter()
     if with_sanity:
         out["sanity"] = sanity_check(model, run.record["backbone"], fs.inputs, trained_cams=cams.cams, method=method,
-                                     device=device)
+                                     device=device, layer=layer)
         clock["sanity"] = time.perf_counter()
     agreement: dict[str, Any] = {}
     for prec in ("fp16", "bf16") if torch.cuda.is_available() else ():
-        other, source = lower_precision_heatmaps(run, fs.inputs, None, prec, device="cuda", method=method)
+        other, source = lower_precision_heatmaps(run, fs.inputs, None, prec, device="cuda", method=method, layer=layer)
         agreement[prec] = {**cam_agreement(cams.cams, other), "source": source}
         agreement[prec].pop("spearman_per_image")
     if with_int8:
         try:
-            other, source = lower_precision_heatmaps(run, fs.inputs, None, "int8", method=method)
+            other, source = lower_precision_heatmaps(run, fs.inputs, None, "int8", method=method, layer=layer)
             agreement["int8"] = {**cam_agreement(cams.cams, other), "source": source}
             agreement["int8"].pop("spearman_per_image")
         except LowerPrecisionUnavailable as why:

@@ -17,6 +17,10 @@ Side = Annotated[str, typer.Option("--split", help="Side of the run's saved spli
 N = Annotated[int, typer.Option("--n", help="Images taken from --split when no IMAGES are given (half PNEUMONIA).")]
 Device = Annotated[str, typer.Option("--device", help="cpu or cuda[:N] for the PyTorch model.")]
 Batch = Annotated[int, typer.Option("--batch-size", help="Images per Grad-CAM batch.")]
+Layer = Annotated[list[str] | None, typer.Option("--layer", help="BACKBONE=LAYER (repeatable): Grad-CAM at this "
+                                                 "dotted module path instead of the registry's last stage, e.g. "
+                                                 "resnet18=layer3 (a finer grid: at 64 px the last stage of a "
+                                                 "stride-32 CNN is 2x2 cells).")]
 
 
 def _pick(run, side: str, n: int, seed: int = 0) -> list[str]:
@@ -59,6 +63,7 @@ def gradcam(
     n: N = 8,
     device: Device = "cpu",
     batch_size: Batch = 16,
+    layer: Layer = None,
     progress: Progress = True,
 ) -> None:
     """Grad-CAM heatmaps of IMAGES for every run, prepared exactly as in training; raw .npy, overlay PNGs
@@ -68,12 +73,13 @@ def gradcam(
 
     from core import io
     from core.data import decode_image
-    from core.gradcam import METHODS, explain, contact_sheet, save_heatmaps
+    from core.gradcam import METHODS, explain, contact_sheet, parse_layers, save_heatmaps
     from core.runs import find_runs
 
     if method not in METHODS:
         raise ValueError(f"--method {method!r} is not known; choose one of {', '.join(METHODS)}")
     found = find_runs([runs])
+    layers = parse_layers(layer, [r.record["backbone"] for r in found])
     paths = [str(p) for p in images] if images else _pick(found[0], side, n)
     names = _names(paths)
     labels = {}
@@ -88,13 +94,15 @@ def gradcam(
         pre = run.preprocess
         imgs = np.stack([pre.image_to_uint8(d) for d in decoded])
         first_images = imgs if first_images is None else first_images
-        cb = explain(run.build_model(), run.backbone, pre, imgs, method=method, device=device, batch_size=batch_size)
         name = run.record["backbone"]
+        cb = explain(run.build_model(), run.backbone, pre, imgs, method=method, device=device, batch_size=batch_size,
+                     layer=layers.get(name))
         written = save_heatmaps(out_dir / name, names, imgs, cb.cams)
         columns[name] = cb.cams
         probs = 1 / (1 + np.exp(-cb.logits.astype(np.float64)))
-        record["runs"].append({"run": str(run.path), "backbone": name, "size": pre.size, "layer": run.backbone.cam_layer,
-                               "grid": list(cb.grids.shape[1:]), "seconds_per_heatmap": cb.seconds_per_image,
+        record["runs"].append({"run": str(run.path), "backbone": name, "size": pre.size,
+                               "layer": layers.get(name, run.backbone.cam_layer), "grid": list(cb.grids.shape[1:]),
+                               "seconds_per_heatmap": cb.seconds_per_image,
                                "probabilities": probs.tolist(), "threshold": run.threshold, "files": written})
         out.print(f"{name}: {len(paths)} heatmaps at {pre.size} px ({cb.grids.shape[1]}x{cb.grids.shape[2]} grid), "
                   f"{cb.seconds_per_image * 1000:.0f} ms per heatmap on {device}")
@@ -117,6 +125,7 @@ def fidelity(
                                                "boxes, for data without masks.")] = None,
     road: Annotated[bool, typer.Option("--road/--no-road", help="Compute ROAD (slow: a sparse solve per image).")] = True,
     device: Device = "cpu",
+    layer: Layer = None,
 ) -> None:
     """Explanation fidelity. Runs: pointing game, energy in mask, deletion/insertion AUC, ROAD, the
     randomization sanity check, time per heatmap and FP16/BF16/INT8 heatmap agreement. Export folders:
@@ -130,10 +139,17 @@ def fidelity(
     run_paths, export_dirs = [], []
     for p in paths:
         (export_dirs if (p / "manifest.json").is_file() else run_paths).append(p)
-    for run in find_runs(run_paths) if run_paths else []:
+    from core.gradcam import parse_layers
+
+    found = find_runs(run_paths) if run_paths else []
+    layers = parse_layers(layer, [r.record["backbone"] for r in found])
+    if layers and export_dirs:
+        raise ValueError("--layer applies to runs only: artifacts are judged by the pixel ranking of their run's "
+                         "registry layer; score the export folders in a separate call")
+    for run in found:
         console.print(f"[bold]{run.record['backbone']}[/bold]: fidelity of the FP32 model on {n} {side} images")
         results["runs"].append(run_fidelity(run, side=side, n=n, method=method, steps=steps, device=device,
-                                            boxes=boxes, with_road=road))
+                                            boxes=boxes, with_road=road, layer=layers.get(run.record["backbone"])))
     for folder in export_dirs:
         from export.pipeline import load_artifact, read_manifest
 

@@ -184,9 +184,10 @@ class Explainer:
 
 def explain(model: nn.Module, backbone: registry.Backbone | str, preprocess: Preprocess, images: np.ndarray,
             targets: Sequence[int] | np.ndarray | None = None, *, method: str = "gradcam",
-            device: str | torch.device = "cpu", batch_size: int = 16) -> CamBatch:
-    """Heatmaps of uint8 ``N x H x W x C`` images prepared by ``preprocess`` (see :class:`Explainer`)."""
-    with Explainer(model, backbone, preprocess.size, method=method, device=device) as ex:
+            device: str | torch.device = "cpu", batch_size: int = 16, layer: str | None = None) -> CamBatch:
+    """Heatmaps of uint8 ``N x H x W x C`` images prepared by ``preprocess`` (see :class:`Explainer`;
+    ``layer`` overrides the registry's target layer)."""
+    with Explainer(model, backbone, preprocess.size, method=method, device=device, layer=layer) as ex:
         return ex(preprocess.normalize(images), targets, batch_size=batch_size)
 
 
@@ -268,3 +269,18 @@ def contact_sheet(path: str | Path, images: np.ndarray, columns: dict[str, np.nd
         if row_labels is not None:
             draw.text((3, head + i * cell + 3), str(row_labels[i])[: cell // 6], fill="yellow")
     return io.write_atomic(path, lambda p: sheet.save(p, format="PNG"))
+
+
+def parse_layers(specs: Sequence[str] | None, backbones: Sequence[str]) -> dict[str, str]:
+    """``["resnet18=layer3", ...]`` -> ``{"resnet18": "layer3"}``: per-backbone target layers that override
+    the registry's (a finer layer localises better at small inputs). Names must be among ``backbones``."""
+    out: dict[str, str] = {}
+    for spec in specs or ():
+        name, sep, path = spec.partition("=")
+        name, path = name.strip(), path.strip()
+        if not sep or not name or not path:
+            raise CamError(f"--layer {spec!r}: expected BACKBONE=LAYER, e.g. resnet18=layer3 (a dotted module path)")
+        if name not in backbones:
+            raise CamError(f"--layer {spec!r}: no run of backbone {name!r} here; runs: {', '.join(backbones)}")
+        out[name] = path
+    return out

@@ -208,6 +208,8 @@ def test_fidelity_of_a_trained_run_and_its_onnx_artifacts(tmp_path_factory, tiny
     run = tiny_run(tmp_path_factory, tiny_split)
     res = F.run_fidelity(run, n=4, steps=8, with_road=False)
     assert res["grid"] == [1, 1] and res["mask_source"] == "synthetic lesion masks"
+    finer = F.run_fidelity(run, n=4, steps=8, with_road=False, with_int8=False, layer="layer3")
+    assert finer["grid"] == [2, 2] and finer["layer"] == "layer3" and isinstance(finer["sanity"]["passed"], bool)
     assert 0 <= res["deletion_auc"] <= 1 and 0 <= res["insertion_auc"] <= 1
     assert isinstance(res["sanity"]["passed"], bool) and res["seconds_per_heatmap"] > 0
     assert res["cam_agreement"]["int8"]["source"].startswith("pytorch fake-quantized")

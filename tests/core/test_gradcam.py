@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from core import registry
-from core.gradcam import CamError, Explainer, contact_sheet, explain, save_heatmaps, upsample
+from core.gradcam import CamError, Explainer, contact_sheet, explain, parse_layers, save_heatmaps, upsample
 from core.preprocess import Preprocess
 
 
@@ -82,6 +82,21 @@ def test_bad_requests_are_clear_errors():
             ex(np.zeros((1, 3, 64, 64), np.float32))
         with pytest.raises(CamError, match="0/1 class"):
             ex(np.zeros((2, 3, 32, 32), np.float32), [1, 2])
+
+
+def test_a_finer_target_layer_gives_a_finer_grid():
+    """--layer resnet18=layer3: stride 16 instead of 32, so 4x4 cells at 64 px instead of 2x2."""
+    name, size = "resnet18", 64
+    model, pre, imgs = _model(name, size), Preprocess.for_model(size), _images(2, size)
+    assert explain(model, name, pre, imgs).grids.shape[1:] == (2, 2)
+    assert explain(model, name, pre, imgs, layer="layer3").grids.shape[1:] == (4, 4)
+    assert parse_layers(["resnet18=layer3", " densenet121 = features.denseblock3 "], ["resnet18", "densenet121"]) \
+        == {"resnet18": "layer3", "densenet121": "features.denseblock3"}
+    assert parse_layers(None, ["resnet18"]) == {}
+    with pytest.raises(CamError, match="BACKBONE=LAYER"):
+        parse_layers(["layer3"], ["resnet18"])
+    with pytest.raises(CamError, match="no run of backbone 'resnet50'"):
+        parse_layers(["resnet50=layer3"], ["resnet18"])
 
 
 def test_upsample_keeps_cell_centres():
