@@ -40,8 +40,8 @@ def export(
                                                 "validation ROC-AUC drop allowed.")] = 0.005,
     keep_float: Annotated[list[str] | None, typer.Option("--keep-float", help="INT8: keep these layers in float "
                                                          "(repeatable): a glob over graph node names "
-                                                         "('node_Conv_1*') or an op type ('type:Multiply' in "
-                                                         "OpenVINO, 'type:Mul' in ONNX). Replaces the backbone's "
+                                                         "('node_Conv_1*') or an op type ('type:Mul'; ONNX and "
+                                                         "OpenVINO names both work, Mul = Multiply). Replaces the backbone's "
                                                          "default (OpenVINO EfficientNet-B0 and MobileNet-V3: "
                                                          "type:Multiply).")] = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Experts: keep artifacts that differ from PyTorch "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -132,7 +131,8 @@ def fidelity(
     deletion/insertion AUC of every artifact (pixels ranked by its FP32 model's heatmap) and agreement."""
     from core import io
     from core.runs import find_runs, is_complete, load_run
-    from bench.fidelity import artifact_fidelity, fidelity_images, fp32_heatmaps, run_fidelity
+    from bench.fidelity import artifact_fidelity, fp32_heatmaps, run_fidelity
+    from bench.localization import fidelity_images
 
     results: dict[str, Any] = {"method": method, "side": side, "n": n, "steps": steps, "runs": [], "artifacts": [],
                                "environment": io.environment()}

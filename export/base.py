@@ -190,6 +190,40 @@ class QuantConfig:
         return d
 
 
+# One operation under its ONNX and its OpenVINO name, so that one ``--keep-float type:OP`` serves both targets
+# (``type:Multiply`` keeps ONNX's Mul nodes in float, ``type:Mul`` OpenVINO's Multiply).
+OP_ALIASES: dict[str, str] = {"Mul": "Multiply", "Sub": "Subtract", "Div": "Divide", "Pow": "Power",
+                              "Conv": "Convolution", "HardSigmoid": "HSigmoid", "HardSwish": "HSwish"}
+
+
+@dataclass(frozen=True)
+class KeepFloat:
+    """``--keep-float`` patterns: ``type:OP`` names an operation type, anything else globs node names."""
+
+    patterns: tuple[str, ...] = ()
+
+    @property
+    def globs(self) -> tuple[str, ...]:
+        return tuple(p for p in self.patterns if not p.startswith("type:"))
+
+    def types(self, target: str) -> tuple[str, ...]:
+        """Op types named, spelt as ``target`` ("onnx" or "openvino") spells them."""
+        names = [p[len("type:"):] for p in self.patterns if p.startswith("type:")]
+        if target == "openvino":
+            return tuple(dict.fromkeys(OP_ALIASES.get(n, n) for n in names))
+        back = {ov: onnx for onnx, ov in OP_ALIASES.items()}
+        return tuple(dict.fromkeys(back.get(n, n) for n in names))
+
+    def hits(self, name: str, op_type: str, target: str) -> bool:
+        from fnmatch import fnmatchcase
+
+        return op_type in self.types(target) or any(fnmatchcase(name, g) for g in self.globs)
+
+    def unmatched(self, nodes: list[tuple[str, str]], target: str) -> list[str]:
+        """Patterns that match none of ``nodes`` (``(name, op_type)`` pairs)."""
+        return [p for p in self.patterns if not any(KeepFloat((p,)).hits(n, op, target) for n, op in nodes)]
+
+
 # Parity tolerances per precision, against the PyTorch FP32 model on validation images.
 # FP32: max |logit difference|. FP16/INT8: max |probability difference| and decision agreement.
 TOLERANCES: dict[str, dict[str, float]] = {

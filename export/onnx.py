@@ -16,13 +16,12 @@ import shutil
 import time
 import warnings
 from collections import Counter, deque
-from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from export.base import ExportContext, ExportError, PrecisionError, run_hash
+from export.base import ExportContext, ExportError, KeepFloat, PrecisionError, run_hash
 
 OPSET = 18
 INPUT, OUTPUT = "input", "logit"
@@ -206,16 +205,12 @@ def quant_args(ctx: ExportContext, model) -> dict[str, Any]:
     if q.calibration == "percentile":
         extra["CalibPercentile"] = q.percentile
     nodes = [(n.name, n.op_type) for n in model.graph.node]
-
-    def hits(pat: str, name: str, op: str) -> bool:  # "type:Mul" names an op type, anything else globs names
-        return op == pat[len("type:"):] if pat.startswith("type:") else fnmatch(name, pat)
-
-    excluded = sorted({name for name, op in nodes for pat in q.ignored if hits(pat, name, op)})
-    for pat in q.ignored:
-        if not any(hits(pat, name, op) for name, op in nodes):
-            raise ExportError(f"ignored pattern {pat!r} matches no node of the ONNX graph; node names look like "
-                              f"{', '.join(name for name, _ in nodes[:5])}, …; op types: "
-                              f"{', '.join(sorted({op for _, op in nodes}))} (as type:Conv)")
+    keep = KeepFloat(tuple(q.ignored))
+    excluded = sorted({name for name, op in nodes if keep.hits(name, op, "onnx")})
+    for pat in keep.unmatched(nodes, "onnx"):
+        raise ExportError(f"ignored pattern {pat!r} matches no node of the ONNX graph; node names look like "
+                          f"{', '.join(name for name, _ in nodes[:5])}, …; op types: "
+                          f"{', '.join(sorted({op for _, op in nodes}))} (as type:Conv)")
     activation = QuantType.QInt8 if q.symmetric_activations else QuantType.QUInt8
     kwargs = dict(per_channel=q.per_channel, calibrate_method=method, activation_type=activation,
                   weight_type=QuantType.QInt8, nodes_to_exclude=excluded or None, extra_options=extra)

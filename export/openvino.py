@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from export.base import FORMATS, PRECISIONS, BackendUnavailable, ExportContext, ExportError, PrecisionError, QuantConfig
+from export.base import (FORMATS, PRECISIONS, BackendUnavailable, ExportContext, ExportError, KeepFloat,
+                         PrecisionError, QuantConfig)
 
 # Operations whose second input is a weight tensor; what "a layer in INT8" means for this report.
 WEIGHTED_OPS = frozenset({"Convolution", "GroupConvolution", "MatMul", "ConvolutionBackpropData"})
@@ -79,8 +80,7 @@ def build(ctx: ExportContext, precision: str, dest: Path) -> dict[str, Any]:
     facts["counts"] = counts
     aa = facts.get("accuracy_aware")
     if aa is not None:
-        backbone = str(ctx.run.record.get("backbone", "")) if ctx.run is not None else ""
-        aa["reverted_ops"] = _reverted(counts["float_weighted_ops"], ignored_patterns(ctx.quant, backbone))
+        aa["reverted_ops"] = _reverted(counts["float_weighted_ops"], facts["keep_float"])
     try:
         check_precision(counts, precision, dest)
     except PrecisionError as err:
@@ -137,15 +137,15 @@ def ignored_patterns(quant: QuantConfig, backbone: str) -> tuple[str, ...]:
 def nncf_arguments(quant: QuantConfig, backbone: str, n_calibration: int) -> dict[str, Any]:
     """The NNCF arguments for this config, as plain values (recorded in the facts)."""
     ignored = ignored_patterns(quant, backbone)
-    globs = [p for p in ignored if not p.startswith("type:")]
-    types = [p[len("type:"):] for p in ignored if p.startswith("type:")]
+    keep = KeepFloat(ignored)
     return {
         "preset": "PERFORMANCE" if quant.symmetric_activations else "MIXED",
         "subset_size": int(n_calibration),
         "model_type": "TRANSFORMER" if backbone.startswith("vit") else None,
         "per_channel_weights": quant.per_channel,
         # The same glob syntax as the ONNX target's nodes_to_exclude, as the regular expressions NNCF takes.
-        "ignored_scope": {"patterns": [fnmatch.translate(g) for g in globs], "types": types} if ignored else None,
+        "ignored_scope": {"patterns": [fnmatch.translate(g) for g in keep.globs], "types": list(keep.types("openvino"))}
+        if ignored else None,
         "ignored_source": ("user" if quant.ignored else f"{backbone} default") if ignored else None,
         "activations_range_estimator": RANGE_ESTIMATORS[quant.calibration],
         "smooth_quant": False,
@@ -188,7 +188,8 @@ def _quantize(ctx: ExportContext, model) -> tuple[Any, dict[str, Any]]:
     # on how the set was batched.
     calibration = nncf.Dataset([cal[i:i + 1] for i in range(len(cal))])
     facts: dict[str, Any] = {"nncf_version": nncf.__version__, "nncf_args": args,
-                             "calibration_images": len(cal), "calibration_side": "train"}
+                             "calibration_images": len(cal), "calibration_side": "train",
+                             "keep_float": list(ignored_patterns(ctx.quant, backbone))}
     try:
         if not ctx.quant.accuracy_aware:
             return nncf.quantize(model, calibration, **kwargs), facts
@@ -241,13 +242,11 @@ def _quantize_accuracy_aware(ctx: ExportContext, model, calibration, kwargs: dic
                        "auc_drop": auc_fp32 - auc_int8, "within_budget": auc_fp32 - auc_int8 <= ctx.quant.max_auc_drop}
 
 
-def _reverted(float_ops: list[dict[str, str]], ignored: tuple[str, ...]) -> list[dict[str, str]]:
+def _reverted(float_ops: list[dict[str, str]], ignored: list[str]) -> list[dict[str, str]]:
     """Weighted ops left in float that the ignored scope does not explain: NNCF's reverted layers
     (plain NNCF quantization leaves no Convolution/MatMul weight in float)."""
-    globs = [p for p in ignored if not p.startswith("type:")]
-    types = {p[len("type:"):] for p in ignored if p.startswith("type:")}
-    return [op for op in float_ops if op["type"] not in types and not any(fnmatch.fnmatchcase(op["name"], g)
-                                                                           for g in globs)]
+    keep = KeepFloat(tuple(ignored))
+    return [op for op in float_ops if not keep.hits(op["name"], op["type"], "openvino")]
 
 
 # --- what was built --------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from bench import fidelity as F
+from bench import localization as L
 from core.data import DataError
 
 S = 16  # image side; the quadrant is S/2 x S/2
@@ -114,18 +115,18 @@ def test_pointing_game_and_energy_on_the_quadrant():
     grids = np.zeros((4, 2, 2), np.float32)
     grids[:2, 0, 0] = 1.0  # two maps point at the quadrant
     grids[2:, 1, 1] = 1.0  # two at the opposite one
-    pts = F.pointing_points(grids, S)
+    pts = L.pointing_points(grids, S)
     assert pts[0].tolist() == [4, 4] and pts[3].tolist() == [12, 12]
-    pg = F.pointing_game(pts, masks)
+    pg = L.pointing_game(pts, masks)
     assert pg["pointing_game"] == 0.5 and pg["n_images"] == 4
-    assert F.pointing_game(pts, masks, tolerance=8)["pointing_game"] == 1.0  # 8 px reaches the quadrant
-    flat = F.pointing_points(np.zeros((1, 2, 2)), S)
-    assert flat[0].tolist() == [-1, -1] and F.pointing_game(flat, masks[:1])["pointing_game"] == 0.0
-    no_lesion = F.pointing_game(pts[:1], np.zeros((1, S, S), bool))
+    assert L.pointing_game(pts, masks, tolerance=8)["pointing_game"] == 1.0  # 8 px reaches the quadrant
+    flat = L.pointing_points(np.zeros((1, 2, 2)), S)
+    assert flat[0].tolist() == [-1, -1] and L.pointing_game(flat, masks[:1])["pointing_game"] == 0.0
+    no_lesion = L.pointing_game(pts[:1], np.zeros((1, S, S), bool))
     assert no_lesion["pointing_game"] is None and no_lesion["n_images"] == 0
-    en = F.energy_in_mask(_quadrant_map(4), masks)
+    en = L.energy_in_mask(_quadrant_map(4), masks)
     assert en["energy_in_mask"] == pytest.approx(1.0) and en["mask_area"] == pytest.approx(0.25)
-    uniform = F.energy_in_mask(np.ones((4, S, S)), masks)
+    uniform = L.energy_in_mask(np.ones((4, S, S)), masks)
     assert uniform["energy_in_mask"] == pytest.approx(0.25)
 
 
@@ -163,11 +164,11 @@ def test_fake_quantized_copy_is_close_and_has_gradients():
 def test_read_boxes(tmp_path):
     good = tmp_path / "boxes.csv"
     good.write_text("image,x,y,width,height\npatient1,10,20,30,40\npatient1,50,50,10,10\npatient2,,,,\n")
-    boxes = F.read_boxes(good)
+    boxes = L.read_boxes(good)
     assert boxes == {"patient1": [(10.0, 20.0, 30.0, 40.0), (50.0, 50.0, 10.0, 10.0)], "patient2": []}
-    assert F.boxes_for(boxes, "/data/x/patient1.dcm") == boxes["patient1"]
-    assert F.boxes_for(boxes, "/data/x/other.png") is None
-    m = F.box_mask(boxes["patient1"], (100, 200), 10)  # 100 wide, 200 high -> 10 x 10
+    assert L.boxes_for(boxes, "/data/x/patient1.dcm") == boxes["patient1"]
+    assert L.boxes_for(boxes, "/data/x/other.png") is None
+    m = L.box_mask(boxes["patient1"], (100, 200), 10)  # 100 wide, 200 high -> 10 x 10
     assert m.shape == (10, 10) and m[1:3, 1:4].all() and m.sum() == 2 * 3 + 1 * 1 + 0  # rows 1-2 cols 1-3; row 2 col 5
     cases = {
         "missing.csv": None,
@@ -186,15 +187,15 @@ def test_read_boxes(tmp_path):
         if text is not None:
             path.write_text(text)
         with pytest.raises(DataError, match=messages[name]):
-            F.read_boxes(path)
+            L.read_boxes(path)
     with pytest.raises(DataError, match="outside"):
-        F.box_mask([(150, 0, 5, 5)], (100, 100), 10)
+        L.box_mask([(150, 0, 5, 5)], (100, 100), 10)
 
 
 def test_resize_mask_follows_the_image_resize():
     m = np.zeros((128, 128), bool)
     m[32:64, 64:96] = True
-    small = F.resize_mask(m, 64)
+    small = L.resize_mask(m, 64)
     assert small.shape == (64, 64) and small[16:32, 32:48].all() and small.sum() == 16 * 16
 
 
@@ -217,7 +218,7 @@ def test_fidelity_of_a_trained_run_and_its_onnx_artifacts(tmp_path_factory, tiny
     records = export_runs([run], out, ["onnx"], ["fp32", "int8"], {}, progress=False, verify=False) \
         if "verify" in export_runs.__code__.co_varnames else export_runs([run], out, ["onnx"], ["fp32", "int8"], {},
                                                                           progress=False)
-    fs = F.fidelity_images(run, n=4)
+    fs = L.fidelity_images(run, n=4)
     cams = F.fp32_heatmaps(run, fs.inputs).cams
     cache: dict = {}
     for rec in (r for r in records if r["status"] == "ok"):

@@ -127,7 +127,9 @@ def test_quantization_arguments_follow_the_config(onnx_ctx):
     convs = sorted(n.name for n in model.graph.node if n.op_type == "Conv")
     ctx = replace(onnx_ctx, quant=QuantConfig.preset("onnx", ignored=("type:Conv",)))
     assert convs and onnx_target.quant_args(ctx, model)["kwargs"]["nodes_to_exclude"] == convs
-    ctx = replace(onnx_ctx, quant=QuantConfig.preset("onnx", ignored=("type:Multiply",)))
+    ctx = replace(onnx_ctx, quant=QuantConfig.preset("onnx", ignored=("type:Convolution",)))  # OpenVINO's name
+    assert onnx_target.quant_args(ctx, model)["kwargs"]["nodes_to_exclude"] == convs
+    ctx = replace(onnx_ctx, quant=QuantConfig.preset("onnx", ignored=("type:LSTM",)))
     with pytest.raises(ExportError, match="op types: .*Conv"):
         onnx_target.quant_args(ctx, model)
 

@@ -184,6 +184,8 @@ def test_nncf_arguments_translate_the_quant_config():
     assert effnet["ignored_source"] == "efficientnet_b0 default"
     mine = nncf_arguments(QuantConfig(ignored=("type:MatMul",)), "efficientnet_b0", 300)
     assert mine["ignored_scope"] == {"patterns": [], "types": ["MatMul"]} and mine["ignored_source"] == "user"
+    onnx_names = nncf_arguments(QuantConfig(ignored=("type:Mul", "type:Conv")), "resnet18", 300)  # ONNX's spelling
+    assert onnx_names["ignored_scope"] == {"patterns": [], "types": ["Multiply", "Convolution"]}
     assert nncf_arguments(QuantConfig(), "mobilenetv2_100", 300)["ignored_scope"] is None
     assert nncf_arguments(QuantConfig(calibration="percentile"), "resnet18", 300)["activations_range_estimator"] \
         == "MEAN_QUANTILE"

@@ -199,3 +199,14 @@ def test_load_artifact_dispatches_by_record_or_suffix(exported, onnx_ctx):
         load_artifact({**rec, "status": "skipped", "path": None, "reason": "why"}, out)
     with pytest.raises(ValueError, match="cannot tell the format"):
         load_artifact(out / "model.pt")
+
+
+def test_keep_float_patterns_split_globs_and_op_types_in_either_spelling():
+    keep = base.KeepFloat(("blocks.0.*", "type:Mul", "type:HSwish"))
+    assert keep.globs == ("blocks.0.*",)
+    assert keep.types("openvino") == ("Multiply", "HSwish") and keep.types("onnx") == ("Mul", "HardSwish")
+    assert keep.hits("blocks.0.attn", "MatMul", "onnx") and keep.hits("x", "Mul", "onnx")
+    assert keep.hits("x", "Multiply", "openvino") and not keep.hits("x", "Mul", "openvino")
+    assert not keep.hits("blocks.1.attn", "Conv", "onnx")
+    nodes = [("blocks.0.mlp", "MatMul"), ("se.gate", "Mul")]
+    assert keep.unmatched(nodes, "onnx") == ["type:HSwish"]
