@@ -3,9 +3,12 @@
 Each timed call is one ``predictor.predict(batch)``, which takes a host (numpy) batch and returns host
 logits, so on a GPU the figure includes the copies in and out and the device is synchronised by the
 returned result (the CUDA device is also synchronised before each timed call). The benchmark loop
-(:mod:`bench.runner`) measures several rounds, interleaved across the artifacts of one backbone, and
-reports how far the median of one round lies from another's (``spread``), so a reader can see
-whether a difference between two rows is larger than the noise.
+(:mod:`bench.runner`) measures several rounds and reports how far the median of one round lies from
+another's (``spread``), so a reader can see whether a difference between two rows is larger than the
+noise. Each round is cut into short blocks (``block_s``, 0.1 s), and the blocks of every round and every
+artifact of a backbone take turns: the speed of a shared machine drifts by tens of percent over seconds
+(measured here: the same ONNX ResNet-18 at 7.3 ms, then 12.4 ms a minute later), and a round made of
+one contiguous stretch would carry that drift into the spread and into the comparison of rows.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class LatencyConfig:
     max_iters: int = 1000
     budget_s: float = 3.0
     rounds: int = 2
+    block_s: float = 0.1  # seconds of one block; the blocks of all rounds and artifacts take turns
 
     def __post_init__(self) -> None:
         if not self.batches or any(not isinstance(b, int) or b < 1 for b in self.batches):
@@ -42,15 +46,28 @@ class LatencyConfig:
             raise ValueError(f"budget_s={self.budget_s} must be > 0 seconds (e.g. 3)")
         if self.rounds < 1:
             raise ValueError(f"rounds={self.rounds} must be >= 1 (2 shows the spread between repeats)")
+        if not self.block_s > 0:
+            raise ValueError(f"block_s={self.block_s} must be > 0 seconds (e.g. 0.1)")
 
     @property
     def slot_s(self) -> float:
         """Seconds of timed calls for one batch size in one round."""
         return self.budget_s / (len(self.batches) * self.rounds)
 
+    @property
+    def blocks(self) -> int:
+        """Blocks each (batch, round) slot is cut into: about ``slot_s / block_s``, never more than
+        ``min_iters`` (so that every block has a call)."""
+        return max(1, min(self.min_iters, round(self.slot_s / self.block_s)))
+
+    def block_iters(self) -> tuple[int, int]:
+        """Fewest and most timed calls of one block, so that a slot keeps ``min_iters``/``max_iters``."""
+        return -(-self.min_iters // self.blocks), max(1, -(-self.max_iters // self.blocks))
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["batches"] = list(self.batches)
+        d["blocks_per_round"] = self.blocks
         return d
 
 

@@ -9,8 +9,9 @@ For each backbone (in manifest order) the loop
    at the run's validation threshold (:func:`core.metrics.summarize`, bootstrap 95 % CIs), compares its
    decisions and ROC-AUC with the PyTorch FP32 row, and applies the per-row metric hooks
    (:data:`ROW_METRICS`);
-3. times the loaded targets in ``rounds`` rounds, interleaved (round 1 of every target, then round 2 …),
-   so that drift of the machine hits every row alike and the spread between rounds shows the noise.
+3. times the loaded targets in ``rounds`` rounds, each cut into short blocks that take turns across
+   rounds and targets (block 1 of round 1 of every target, block 1 of round 2 …, then block 2 …), so that
+   drift of the machine hits every row and every round alike and the spread between rounds shows the noise.
 
 Nothing aborts the loop: a target that fails at any step becomes a row with ``status`` "failed" and its
 ``error``; a target that cannot run here (export failed, runtime absent, unverified) becomes a
@@ -176,9 +177,9 @@ def method_text(config: BenchConfig, threads: int) -> str:
     return (f"Accuracy on the test side of each run's saved split at the run's validation threshold; bootstrap "
             f"95% CIs ({config.n_boot} stratified replicates, seed {config.seed}); agreement and ROC-AUC change "
             f"against PyTorch eager FP32 of the same run. Latency: predict() on host float32 batches "
-            f"{', '.join(map(str, lat.batches))}, {lat.warmup} warm-up calls per batch, then {lat.rounds} rounds "
-            f"interleaved across the artifacts of a backbone, each round >= {lat.min_iters} calls or "
-            f"{lat.slot_s:.2f} s per batch, timed with time.perf_counter_ns"
+            f"{', '.join(map(str, lat.batches))}, {lat.warmup} warm-up calls per batch, then {lat.rounds} rounds, "
+            f"each >= {lat.min_iters} calls or {lat.slot_s:.2f} s per batch, cut into {lat.blocks} blocks that take "
+            f"turns across the rounds and the artifacts of a backbone, timed with time.perf_counter_ns"
             f"{' with torch.cuda.synchronize()' if config.device == 'cuda' else ''}; p50/p90/p99 over all rounds, "
             f"spread = (max - min) / min of the round medians. Threads: {threads} (torch, onnxruntime intra-op, "
             f"OpenVINO INFERENCE_NUM_THREADS).")
@@ -388,21 +389,28 @@ def agreement_columns(probs: np.ndarray, reference: np.ndarray | None, auc: floa
 
 
 def _time_interleaved(live: list[tuple[Target, dict[str, Any], Any]], ctx: _Shared, bar, task, name: str) -> None:
-    """``rounds`` rounds; in each, every live target times every batch size; then the row gets its figures."""
+    """``rounds`` rounds of ``blocks`` blocks; block ``j`` of every round and every live target is timed before
+    block ``j + 1`` of any; then each row gets its figures (percentiles over all calls, spread of round medians).
+    After a target's block the loop waits the predictor's ``settle_s`` (onnxruntime's spinning threads)."""
     lat = ctx.config.latency
-    times: dict[int, dict[int, list[list[int]]]] = {i: {b: [] for b in lat.batches} for i in range(len(live))}
+    times = {i: {b: [[] for _ in range(lat.rounds)] for b in lat.batches} for i in range(len(live))}
     batches = {b: latency.make_batch(ctx.inputs, b) for b in lat.batches}
-    for r in range(lat.rounds):
-        for i, (t, row, predictor) in enumerate(live):
-            if row["status"] != "ok":
-                continue
-            try:
-                for b, x in batches.items():
-                    times[i][b].append(latency.time_calls(lambda p=predictor, x=x: p.predict(x), lat.slot_s,
-                                                          lat.min_iters, lat.max_iters, t.sync))
-            except Exception as err:
-                row.update(status="failed", error=_error(err, f"latency round {r + 1}"))
-            _advance(bar, task, f"{name}: timing round {r + 1}/{lat.rounds}")
+    lo, hi = lat.block_iters()
+    block_budget = lat.slot_s / lat.blocks
+    for j in range(lat.blocks):
+        for r in range(lat.rounds):
+            for i, (t, row, predictor) in enumerate(live):
+                if row["status"] != "ok":
+                    continue
+                try:
+                    for b, x in batches.items():
+                        times[i][b][r] += latency.time_calls(lambda p=predictor, x=x: p.predict(x), block_budget,
+                                                             lo, hi, t.sync)
+                except Exception as err:
+                    row.update(status="failed", error=_error(err, f"latency round {r + 1}, block {j + 1}"))
+                time.sleep(getattr(predictor, "settle_s", 0.0))  # threads that spin after a call (onnxruntime)
+                _advance(bar, task, f"{name}: timing round {r + 1}/{lat.rounds}, block {j + 1}/{lat.blocks}",
+                         1 / lat.blocks)
     for i, (t, row, _) in enumerate(live):
         if row["status"] != "ok":
             continue
@@ -413,9 +421,9 @@ def _time_interleaved(live: list[tuple[Target, dict[str, Any], Any]], ctx: _Shar
             row.update(latency.flat(b, latency.summarize(pooled, b), p50s))
 
 
-def _advance(bar, task, description: str) -> None:
+def _advance(bar, task, description: str, advance: float = 1) -> None:
     if bar is not None:
-        bar.update(task, advance=1, description=description)
+        bar.update(task, advance=advance, description=description)
 
 
 def _progress(enabled: bool, console=None):

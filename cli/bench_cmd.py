@@ -25,8 +25,11 @@ def bench(
     budget_s: Annotated[float, typer.Option("--budget-s", help="Seconds of timed calls per artifact, over all batch "
                                             "sizes and rounds (each gets an equal share, at least --min-iters "
                                             "calls).")] = 3.0,
-    rounds: Annotated[int, typer.Option("--rounds", help="Timing rounds, interleaved across the artifacts of a "
-                                        "backbone; the table shows the spread of their medians.")] = 2,
+    rounds: Annotated[int, typer.Option("--rounds", help="Timing rounds; the table shows the spread of their "
+                                        "medians.")] = 2,
+    block_s: Annotated[float, typer.Option("--block-s", help="Rounds are cut into blocks of about this many seconds "
+                                           "that take turns across rounds and the artifacts of a backbone, so the "
+                                           "machine's drift hits all alike.")] = 0.1,
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for torch, onnxruntime (intra-op) "
                                                 "and OpenVINO. Default: torch's (all cores).")] = None,
     compile: Annotated[bool, typer.Option("--compile", help="Add torch.compile rows (needs a C++ compiler on CPU; "
@@ -59,7 +62,8 @@ def bench(
     fidelity_hook.reset()
     config = BenchConfig(device=device, threads=threads, compile=compile, n_boot=n_boot,
                          latency=LatencyConfig(batches=parse_batches(batches), warmup=warmup, min_iters=min_iters,
-                                               max_iters=max(1000, min_iters), budget_s=budget_s, rounds=rounds),
+                                               max_iters=max(1000, min_iters), budget_s=budget_s, rounds=rounds,
+                                               block_s=block_s),
                          backbones=tuple(b.strip() for b in backbones.split(",") if b.strip()) if backbones else (),
                          runs_dir=str(runs) if runs else None)
     out_dir = out_dir or Path("results") / device

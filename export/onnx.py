@@ -370,7 +370,15 @@ def _copy_model(src: Path, dest: Path) -> None:
 
 
 class OnnxPredictor:
-    """An ONNX artifact in an onnxruntime session: ``predict(float32 NCHW) -> logits (N,)``."""
+    """An ONNX artifact in an onnxruntime session: ``predict(float32 NCHW) -> logits (N,)``.
+
+    ``settle_s``: onnxruntime's intra-op threads keep spinning for tens of milliseconds after a run returns
+    (its default, which makes back-to-back calls faster). The benchmark waits this long after timing an
+    onnxruntime artifact before timing the next one, which would otherwise run on a core the spinning thread
+    holds: measured on 2 cores, OpenVINO ResNet-18 FP32 took 7.1 ms after itself but 11.9 ms right after an
+    onnxruntime block, and 7.1 ms again after a 50 ms pause."""
+
+    settle_s = 0.05
 
     def __init__(self, path: Path, threads: int | None = None, providers: list[str] | None = None) -> None:
         import onnxruntime as ort

@@ -79,3 +79,13 @@ def test_preprocess_time_of_one_image(tiny_synthetic):
         paths = [str(tiny_synthetic / r["path"]) for r in csv.DictReader(f)][:3]
     t = latency.preprocess_time(paths, Preprocess.for_model(32), repeats=5)
     assert t["n"] == 5 and t["ms_p50"] > 0 and t["size"] == 32
+
+
+def test_blocks_cut_a_slot_but_keep_its_fewest_calls():
+    lat = latency.LatencyConfig(batches=(1, 8), budget_s=2.0, rounds=2, block_s=0.1, min_iters=10, max_iters=1000)
+    assert lat.slot_s == pytest.approx(0.5) and lat.blocks == 5 and lat.block_iters() == (2, 200)
+    slow = latency.LatencyConfig(batches=(1,), budget_s=10.0, rounds=1, block_s=0.1, min_iters=4)
+    assert slow.blocks == 4 and slow.block_iters()[0] == 1  # never more blocks than min_iters
+    assert latency.LatencyConfig(budget_s=0.01).blocks == 1
+    with pytest.raises(ValueError, match="block_s"):
+        latency.LatencyConfig(block_s=0)

@@ -146,3 +146,37 @@ def test_a_folder_without_manifest_is_a_clear_error(tmp_path):
 def test_unknown_backbone_filter_is_a_clear_error(clean_artifacts):
     with pytest.raises(ValueError, match="vit_base_patch16_224 have no artifacts"):
         runner.bench_artifacts(clean_artifacts, fast_config(backbones=("vit_base_patch16_224",)), progress=False)
+
+
+def test_timing_blocks_take_turns_across_rounds_and_targets(monkeypatch):
+    """Block j of every round and target before block j + 1 of any: drift hits every row and round alike;
+    after an onnxruntime-like predictor's block the loop waits its settle_s."""
+    from bench.backends import Target
+    from bench.latency import LatencyConfig
+
+    calls: list[tuple[str, int]] = []
+
+    class Recorder:
+        def __init__(self, name):
+            self.name = name
+
+        def predict(self, x):
+            calls.append((self.name, len(x)))
+            return np.zeros(len(x), np.float32)
+
+    lat = LatencyConfig(batches=(1, 2), warmup=0, min_iters=4, max_iters=4, budget_s=0.4, rounds=2, block_s=0.05)
+    assert lat.blocks == 2 and lat.block_iters() == (2, 2)  # 0.1 s slots of two 0.05 s blocks
+    live = [(Target(backbone="b", format=f, precision="fp32", device="cpu", runtime="x"), {"status": "ok"},
+             Recorder(f)) for f in ("onnx", "openvino")]
+    live[0][2].settle_s = 0.5
+    sleeps: list[float] = []
+    monkeypatch.setattr(runner.time, "sleep", sleeps.append)
+    ctx = runner._Shared(run=None, model=None, inputs=np.zeros((3, 1, 4, 4), np.float32), labels=np.zeros(3),
+                         threshold=0.5, info={}, config=runner.BenchConfig(latency=lat), threads=1)
+    runner._time_interleaved(live, ctx, None, None, "b")
+    # per block: a target times batch 1 twice, then batch 2 twice; the order of targets repeats per round
+    one_block = [(f, b) for f in ("onnx", "openvino") for b in (1, 1, 2, 2)]
+    assert calls == one_block * 4  # 2 blocks x 2 rounds
+    assert sleeps == [0.5, 0.0] * 4
+    row = live[0][1]
+    assert row["b1_iters"] == 8 and row["b2_iters"] == 8 and row["b1_spread"] is not None
