@@ -116,7 +116,7 @@ fidelity *args:
 
 # CPU defaults (2 cores, a few hours): 128 px, CNNs 2 epochs, ViT-B/16 1 epoch, from scratch. On a GPU:
 # `just kermany size=224 epochs=10 vit_epochs=10 device=cuda` (add weights=imagenet to start from timm's weights).
-# Interrupted? Run it again: finished runs are kept and an interrupted one resumes.
+# Interrupted? Run it again: finished runs and checked artifacts are kept, an interrupted run resumes.
 # Latency at batch 1 and 8 with 6 s of timed calls per artifact: the budgets a deployer asks about are at
 # batch 1 (`cxr-edge bench`'s defaults add batch 32), and on the shared 2-core VM 1.5 s left round medians
 # 10-40% apart for the fast artifacts, 6 s within 4-18%.

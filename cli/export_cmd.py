@@ -49,6 +49,9 @@ def export(
     keep_going: Annotated[bool, typer.Option("--keep-going", help="Exit 0 even when some artifacts failed their "
                                              "checks (they stay failed rows in the manifest; `just demo` uses this "
                                              "so a pipeline run reports them instead of stopping).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Build every artifact again, even one already in --out that "
+                                        "is what this request would build (same run, settings, library versions "
+                                        "and checksum; such artifacts are kept by default).")] = False,
     progress: Progress = True,
 ) -> None:
     """Export trained runs and check every artifact against PyTorch on the run's validation images.
@@ -58,7 +61,8 @@ def export(
     decision agreement and validation ROC-AUC change. Mobile formats (ExecuTorch, LiteRT, Core ML;
     extra `mobile`) take one image at a time; Core ML off macOS is converted and checked
     structurally only (marked unverified). Exit status 1 when any artifact failed
-    (0 with --keep-going).
+    (0 with --keep-going). Run again after an interruption: artifacts already built and checked for the
+    same run and settings are kept (--force rebuilds them).
     """
     from core.runs import find_runs
     from export.base import ExportError, parse_formats, parse_precisions
@@ -73,11 +77,15 @@ def export(
     found = find_runs(runs)
     try:
         records = export_runs(found, out_dir, fmts, precs, overrides, verify=not no_verify, progress=progress,
-                              console=console)
+                              console=console, force=force)
     except ExportError as err:  # before any artifact: a broken manifest, an impossible request
         raise ValueError(str(err)) from err
     out.print(_table(records, out_dir))
     _notes(records)
+    kept = sum(1 for r in records if r.get("reused"))
+    if kept:
+        out.print(f"{kept} artifact(s) kept from an earlier export (same run, settings, library versions and "
+                  "checksum); --force builds them again")
     out.print(f"manifest: {out_dir / MANIFEST}")
     failed = [r for r in records if r["status"] == "failed"]
     if failed:
@@ -100,7 +108,7 @@ def _table(records: list[dict[str, Any]], out_dir: Path) -> Table:
     notes = _note_numbers(records)
     for i, r in enumerate(records):
         unverified = r["status"] == "ok" and (r.get("warning") or r.get("verified") is False)
-        status = r["status"] + (" (unverified)" if unverified else "")
+        status = r["status"] + (" (unverified)" if unverified else "") + (" (kept)" if r.get("reused") else "")
         if _reason(r):
             status += f" [{notes[_reason(r)]}]"
         first = i == 0 or records[i - 1]["backbone"] != r["backbone"]

@@ -34,12 +34,14 @@ HUB_USERS = ("openvino", "tensorrt")  # formats built from the FP32 ONNX file wh
 
 def export_runs(runs: Sequence, out_dir: str | Path, formats: Sequence[Format | str], precisions: Sequence[str],
                 quant_overrides: dict[str, Any] | None = None, verify: bool = True, progress: bool = True,
-                console=None) -> list[dict[str, Any]]:
+                console=None, force: bool = False) -> list[dict[str, Any]]:
     """Export each run to each format and precision; return one record per artifact (ok, failed or skipped).
 
     ``quant_overrides`` are :class:`~export.base.QuantConfig` fields applied on top of each target's
     preset (``accuracy_aware`` goes to OpenVINO only). With ``verify=False`` an artifact beyond
-    tolerance is kept, its figures recorded and ``verified`` false.
+    tolerance is kept, its figures recorded and ``verified`` false. An artifact already in ``out_dir``
+    that this request would build again (:func:`reusable`: same run, settings, library versions and
+    file) is kept and its record returned with ``reused`` set, unless ``force``.
     """
     out_dir = Path(out_dir)
     fmts = _order([get_format(f) if isinstance(f, str) else f for f in formats])
@@ -49,7 +51,7 @@ def export_runs(runs: Sequence, out_dir: str | Path, formats: Sequence[Format | 
         raise ValueError(f"precision(s) {unknown or list(precisions)} not known; choose from {', '.join(PRECISIONS)}")
     quants = quant_configs(fmts, quant_overrides or {})
     _check_unique(runs)
-    read_manifest(out_dir)  # a broken manifest stops us before any work, not after
+    earlier = {} if force else {_key(r): r for r in read_manifest(out_dir)}  # a broken manifest stops us here
     missing = {f.name: f.missing() for f in fmts}
     records: list[dict[str, Any]] = []
     with _progress(progress, console) as bar:
@@ -58,7 +60,8 @@ def export_runs(runs: Sequence, out_dir: str | Path, formats: Sequence[Format | 
             def starting(fmt: Format, precision: str, name: str = run.record["backbone"]) -> None:
                 bar.update(task, description=f"{name} {fmt.name} {precision}")
 
-            with contextlib.closing(_export_run(run, fmts, precs, quants, missing, out_dir, verify, starting)) as done:
+            with contextlib.closing(_export_run(run, fmts, precs, quants, missing, out_dir, verify, starting,
+                                                earlier)) as done:
                 for record in done:
                     records.append(record)
                     write_manifest(out_dir, [record])
@@ -67,7 +70,8 @@ def export_runs(runs: Sequence, out_dir: str | Path, formats: Sequence[Format | 
 
 
 def _export_run(run, fmts: list[Format], precs: list[str], quants: dict[str, QuantConfig],
-                missing: dict[str, str | None], out_dir: Path, verify: bool, starting=None):
+                missing: dict[str, str | None], out_dir: Path, verify: bool, starting=None,
+                earlier: dict[tuple[str, str, str], dict[str, Any]] | None = None):
     """Yield one record per (format, precision) of one run; the run is prepared once, on first need."""
     ctx, ctx_error, work = None, None, None
     calibrate = "int8" in precs and any(not missing[f.name] and "int8" in f.precisions for f in fmts)
@@ -80,6 +84,10 @@ def _export_run(run, fmts: list[Format], precs: list[str], quants: dict[str, Qua
                                                else f"{fmt.name} has no {precision} path")
                 if reason:
                     yield io.json_safe({**_identity(run, fmt, precision), "status": "skipped", "reason": reason})
+                    continue
+                prev = (earlier or {}).get((run.record["backbone"], fmt.name, precision))
+                if prev is not None and reusable(prev, run, fmt, quants[fmt.name], out_dir, verify):
+                    yield {**prev, "reused": io.now()}
                     continue
                 if ctx is None and ctx_error is None:
                     work = Path(tempfile.mkdtemp(prefix=".tmp-work-", dir=_mkdir(out_dir / _name(run))))
@@ -95,6 +103,35 @@ def _export_run(run, fmts: list[Format], precs: list[str], quants: dict[str, Qua
     finally:
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def reusable(prev: dict[str, Any], run, fmt: Format, quant: QuantConfig, out_dir: Path,
+             verify: bool = True) -> bool:
+    """Whether an earlier record is what exporting again would build: an ok, checked artifact of the same
+    run (its hash), made by the same library versions, with the same quantization settings (INT8), whose
+    file(s) on disk still have the recorded checksum."""
+    if prev.get("status") != "ok" or not prev.get("path") or (verify and prev.get("verified") is not True):
+        return False
+    if prev.get("run_hash") != run_hash(run) or not _same_versions(prev.get("versions") or {}, fmt):
+        return False
+    if prev["precision"] == "int8":
+        settings = {k: v for k, v in (prev.get("calibration") or {}).items() if k not in ("n_images", "side")}
+        if settings != quant.to_dict():
+            return False
+    final = Path(out_dir) / prev["path"]
+    return final.exists() and file_sha256(final) == prev.get("sha256")
+
+
+# Libraries every artifact depends on (the model, the ONNX hub file OpenVINO and TensorRT start from);
+# each format adds its own runtime (Format.requires).
+_BUILD_LIBRARIES = ("python", "torch", "torchvision", "timm", "numpy", "cxr-edge", "onnx", "onnxslim", "onnxscript")
+
+
+def _same_versions(recorded: dict[str, str], fmt: Format) -> bool:
+    """Whether the libraries that build ``fmt`` have the versions recorded (other formats' extras may differ)."""
+    now = _versions()
+    names = _BUILD_LIBRARIES + tuple(m.replace("_", "-") for m in fmt.requires)
+    return all(recorded.get(n) == now.get(n) for n in names)
 
 
 def quant_configs(formats: Sequence[Format], overrides: dict[str, Any]) -> dict[str, QuantConfig]:

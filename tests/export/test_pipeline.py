@@ -97,13 +97,23 @@ def test_multi_file_artifact_is_placed_whole_and_manifest_merges(trained_run, tm
     assert by["int8"]["status"] == "skipped" and "fake has no int8 path" in by["int8"]["reason"]
     assert (out / "resnet18/fake-fp16.bin").read_bytes() == b"weights-fp16"
     assert by["fp16"]["bytes"] == base.file_bytes(out / "resnet18/fake-fp16.fake")
-    # A second export of one precision updates that record and keeps the others.
+    # Asked again, an artifact that would come out the same is kept (resumable), not rebuilt ...
+    fake_target.fail = "must not be rebuilt"
+    kept = export_runs([trained_run], out, [FAKE], ["fp16"], progress=False)
+    assert kept[0]["status"] == "ok" and kept[0]["reused"] and kept[0]["created"] == by["fp16"]["created"]
+    # ... unless its file changed on disk since, or --force.
+    (out / "resnet18/fake-fp16.bin").write_bytes(b"tampered")
+    fake_target.fail = None
     again = export_runs([trained_run], out, [FAKE], ["fp16"], progress=False)
+    assert not again[0].get("reused") and (out / "resnet18/fake-fp16.bin").read_bytes() == b"weights-fp16"
+    forced = export_runs([trained_run], out, [FAKE], ["fp16"], progress=False, force=True)
+    assert not forced[0].get("reused")
+    # A second export of one precision updates that record and keeps the others.
     manifest = read_manifest(out)
-    assert len(manifest) == 3 and [r["created"] for r in manifest if r["precision"] == "fp16"] == [again[0]["created"]]
+    assert len(manifest) == 3 and [r["created"] for r in manifest if r["precision"] == "fp16"] == [forced[0]["created"]]
     # A failed attempt does not replace a good artifact still on disk: the record notes the attempt.
     fake_target.fail = "simulated converter crash"
-    failed = export_runs([trained_run], out, [FAKE], ["fp32"], progress=False)
+    failed = export_runs([trained_run], out, [FAKE], ["fp32"], progress=False, force=True)
     assert failed[0]["status"] == "failed" and failed[0]["error"] == "RuntimeError: simulated converter crash"
     kept = next(r for r in read_manifest(out) if r["precision"] == "fp32")
     assert kept["status"] == "ok" and "simulated converter crash" in kept["last_attempt"]["error"]
@@ -210,3 +220,17 @@ def test_keep_float_patterns_split_globs_and_op_types_in_either_spelling():
     assert not keep.hits("blocks.1.attn", "Conv", "onnx")
     nodes = [("blocks.0.mlp", "MatMul"), ("se.gate", "Mul")]
     assert keep.unmatched(nodes, "onnx") == ["type:HSwish"]
+
+
+def test_an_int8_artifact_is_reused_only_with_the_same_quantization_settings(exported, trained_run):
+    records, out = exported
+    int8 = next(r for r in records if r["precision"] == "int8")
+    ONNX = FORMATS["onnx"]
+    same = base.QuantConfig(**{k: v for k, v in int8["calibration"].items() if k not in ("n_images", "side")})
+    assert pipeline.reusable(int8, trained_run, ONNX, same, out)
+    other = base.QuantConfig(**{**same.to_dict(), "ignored": ("type:Mul",), "n_calibration": 7})
+    assert not pipeline.reusable(int8, trained_run, ONNX, other, out)
+    assert not pipeline.reusable({**int8, "run_hash": "other"}, trained_run, ONNX, same, out)
+    assert not pipeline.reusable({**int8, "versions": {**int8["versions"], "onnxruntime": "0.0"}}, trained_run, ONNX,
+                                 same, out)
+    assert not pipeline.reusable({**int8, "verified": False}, trained_run, ONNX, same, out)
