@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,17 @@ def training_section(doc: dict[str, Any], runs: dict[str, dict[str, Any]]) -> li
                    f"{_f(r.get('sensitivity'))} | {_f(r.get('specificity'))} | {_f(r.get('f1'))} | "
                    f"{_f(rec.get('threshold', {}).get('threshold'), '.4f')} |")
     return out
+
+
+def latency_repeatability(doc: dict[str, Any], bound: float = 0.10) -> str:
+    """How far the two timing rounds of each ok row lay apart at batch 1 (the ``spread`` column), in words."""
+    spreads = [r["b1_spread"] for r in doc.get("rows", []) if r.get("status") == "ok" and r.get("b1_spread") is not None]
+    if not spreads:
+        return "Latency: no row has a spread (one timing round)."
+    within = sum(1 for x in spreads if x < bound)
+    return (f"Latency depends on the machine's load: here {within} of {len(spreads)} rows' two timing rounds lay within "
+            f"{bound:.0%} of each other at batch 1 (median spread {statistics.median(spreads):.0%}, largest "
+            f"{max(spreads):.0%}); read a difference between two rows smaller than their spread as noise.")
 
 
 def paper_section(doc: dict[str, Any]) -> list[str]:
@@ -210,7 +222,7 @@ def write_results_doc(results_dir: str | Path, out: str | Path, *, recipe: str, 
              "weights to compare like with like.", "",
              "## Reproduce", "",
              f"- This page: `{recipe}` (2 CPU cores, a few hours; resumable: finished runs and artifacts are kept). "
-             "Training is seeded, so the accuracy figures repeat; latency repeats within the spread the table shows.",
+             "Training is seeded (seed 42), so the accuracy figures should repeat. " + latency_repeatability(doc),
              "- The GPU variant, as the paper ran it: `just kermany size=224 epochs=10 vit_epochs=10 device=cuda "
              "weights=imagenet doc=docs/RESULTS-gpu.md` (ImageNet weights from timm's hub, so that machine needs to "
              "reach it; `cxr-edge train BACKBONE --weights FILE` takes a local file per backbone instead).", "",

@@ -60,3 +60,12 @@ def test_missing_results_name_the_stage(tmp_path):
 def test_missing_contact_sheet_is_a_clear_error(results_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="cxr-edge gradcam"):
         publish.write_results_doc(results_dir, tmp_path / "RESULTS.md", recipe="x", contact_sheet=tmp_path / "no.png")
+
+
+def test_latency_repeatability_counts_rows_within_the_bound():
+    from bench.publish import latency_repeatability
+
+    rows = [{"status": "ok", "b1_spread": s} for s in (0.02, 0.05, 0.30)] + [{"status": "failed", "b1_spread": 0.9}]
+    text = latency_repeatability({"rows": rows})
+    assert "2 of 3 rows" in text and "median spread 5%" in text and "largest 30%" in text
+    assert "no row has a spread" in latency_repeatability({"rows": [{"status": "ok", "b1_spread": None}]})
