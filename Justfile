@@ -118,8 +118,8 @@ fidelity *args:
 # `just kermany size=224 epochs=10 vit_epochs=10 device=cuda` (add weights=imagenet to start from timm's weights).
 # Interrupted? Run it again: finished runs and checked artifacts are kept, an interrupted run resumes.
 # Latency at batch 1 and 8 with 6 s of timed calls per artifact: the budgets a deployer asks about are at
-# batch 1 (`cxr-edge bench`'s defaults add batch 32), and on the shared 2-core VM 1.5 s left round medians
-# 10-40% apart for the fast artifacts, 6 s within 4-18%.
+# batch 1 (`cxr-edge bench`'s defaults add batch 32). On the shared 2-core VM, 6 s left 35 of 49 rows' round
+# medians within 10% of each other (median 6%), where 1.5 s (and whole rounds one after the other) left 23.
 # real-data results -> docs/RESULTS.md: train all seven on Kermany, export, bench, Grad-CAM, report (data= size= epochs=)
 kermany *args:
     #!/usr/bin/env bash
