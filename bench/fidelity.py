@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.localization import energy_in_mask, fidelity_images, pointing_game, pointing_points
+from bench.localization import energy_in_mask, fidelity_images, lesion_occlusion, pointing_game, pointing_points
 
 PredictFn = Callable[[np.ndarray], np.ndarray]  # normalised float32 N x C x H x W -> N logits
 BASELINES = ("black", "blur", "mean")
@@ -406,7 +406,8 @@ def run_fidelity(run, *, side: str = "test", n: int = 32, method: str = "gradcam
                  with_sanity: bool = True, with_int8: bool = True, tolerance: int | None = None,
                  layer: str | None = None) -> dict[str, Any]:
     """Every fidelity measure of one run's FP32 PyTorch model: localisation (pointing game, energy in
-    mask), deletion/insertion AUC, ROAD, the randomization sanity check, time per heatmap, and the
+    mask, and whether the model uses the lesion at all: :func:`~bench.localization.lesion_occlusion`),
+    deletion/insertion AUC, ROAD, the randomization sanity check, time per heatmap, and the
     agreement of FP16/BF16 (CUDA) and fake-quantized INT8 heatmaps with FP32.
 
     ``tolerance``: pointing-game tolerance in input pixels; default 15 px at 224 scaled to the input
@@ -437,6 +438,8 @@ def run_fidelity(run, *, side: str = "test", n: int = 32, method: str = "gradcam
                    energy_in_mask=en["energy_in_mask"], mask_area=en["mask_area"], mask_source=fs.mask_source)
     clock["heatmaps"] = time.perf_counter()
     predictor = TorchPredictor(model, device)
+    if fs.masks is not None:
+        out["lesion_occlusion"] = lesion_occlusion(predictor.predict, fs.inputs, fs.masks)
     di = deletion_insertion(predictor.predict, fs.inputs, cams.cams, steps=steps, mean=pre.mean, std=pre.std)
     rng = np.random.default_rng(0)
     rand = deletion_insertion(predictor.predict, fs.inputs, rng.random(cams.cams.shape).astype(np.float32),

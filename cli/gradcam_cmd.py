@@ -10,7 +10,7 @@ from rich.table import Table
 
 from cli.common import Progress, console, friendly, out
 
-Method = Annotated[str, typer.Option("--method", help="gradcam, gradcam++ or hirescam (pytorch-grad-cam).")]
+Method = Annotated[str, typer.Option("--method", help="gradcam, gradcam++, hirescam or layercam (pytorch-grad-cam; LayerCAM weighs each cell by its own gradient and suits earlier, finer layers).")]
 Side = Annotated[str, typer.Option("--split", help="Side of the run's saved split to take images from when no "
                                    "IMAGES are given (train, val or test).")]
 N = Annotated[int, typer.Option("--n", help="Images taken from --split when no IMAGES are given (half PNEUMONIA).")]
@@ -190,15 +190,17 @@ def _print_tables(results: dict[str, Any]) -> None:
     if results["runs"]:
         t = Table(title=f"explanation fidelity of the FP32 models ({results['method']}, {results['side']}, "
                         f"n={results['n']} PNEUMONIA images)")
-        for col in ("backbone", "val AUC", "grid", "pointing", "energy in mask", "deletion ↓", "insertion ↑", "ROAD ↑",
-                    "sanity", "INT8 ρ", "ms/heatmap"):
+        for col in ("backbone", "val AUC", "grid", "pointing", "energy in mask", "lesion drop (elsewhere)", "deletion ↓",
+                    "insertion ↑", "ROAD ↑", "sanity", "INT8 ρ", "ms/heatmap"):
             t.add_column(col, no_wrap=True)
         for r in results["runs"]:
             s = r.get("sanity") or {}
             sanity = "-" if not s else f"{'pass' if s['passed'] else 'FAIL'} ({s['spearman_last_stage']:.2f})"
             int8 = (r.get("cam_agreement") or {}).get("int8", {}).get("spearman")
+            occ = r.get("lesion_occlusion") or {}
             t.add_row(r["backbone"], _f(r.get("val_roc_auc")), "x".join(map(str, r["grid"])), _f(r.get("pointing_game")),
-                      f"{_f(r.get('energy_in_mask'))} (area {_f(r.get('mask_area'))})", _f(r["deletion_auc"]),
+                      f"{_f(r.get('energy_in_mask'))} (area {_f(r.get('mask_area'))})",
+                      f"{_f(occ.get('lesion_drop'), '.2f')} ({_f(occ.get('elsewhere_drop'), '.2f')})", _f(r["deletion_auc"]),
                       _f(r["insertion_auc"]), _f(r.get("road")), sanity, _f(int8),
                       _f(r["seconds_per_heatmap"] * 1000, ".0f"))
         out.print(t)

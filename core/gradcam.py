@@ -27,7 +27,7 @@ from core import io, registry
 from core._compat import ensure_torchvision
 from core.preprocess import Preprocess
 
-METHODS = ("gradcam", "gradcam++", "hirescam")
+METHODS = ("gradcam", "gradcam++", "hirescam", "layercam")
 
 
 class CamError(ValueError):
@@ -43,9 +43,9 @@ def _method_class(method: str):
     stride-32 CNN at 64 px) is kept for the pointing game.
     """
     ensure_torchvision()
-    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM
+    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM
 
-    classes = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM}
+    classes = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "layercam": LayerCAM}
     try:
         base = classes[method]
     except KeyError:

@@ -209,6 +209,7 @@ def test_fidelity_of_a_trained_run_and_its_onnx_artifacts(tmp_path_factory, tiny
     run = tiny_run(tmp_path_factory, tiny_split)
     res = F.run_fidelity(run, n=4, steps=8, with_road=False)
     assert res["grid"] == [1, 1] and res["mask_source"] == "synthetic lesion masks"
+    assert res["lesion_occlusion"]["n_images"] == 4 and -1 <= res["lesion_occlusion"]["lesion_drop"] <= 1
     finer = F.run_fidelity(run, n=4, steps=8, with_road=False, with_int8=False, layer="layer3")
     assert finer["grid"] == [2, 2] and finer["layer"] == "layer3" and isinstance(finer["sanity"]["passed"], bool)
     assert 0 <= res["deletion_auc"] <= 1 and 0 <= res["insertion_auc"] <= 1
@@ -229,3 +230,14 @@ def test_fidelity_of_a_trained_run_and_its_onnx_artifacts(tmp_path_factory, tiny
             assert row["cam_agreement"] is None and row["cam_agreement_source"] == "fp32 is the reference"
         else:
             assert -1 <= row["cam_agreement"] <= 1
+
+
+def test_lesion_occlusion_tells_a_model_that_uses_the_lesion_from_one_that_does_not():
+    x, masks = _inputs(), _quadrant_map().astype(bool)
+    uses = L.lesion_occlusion(_predict, x, masks, dilate=0)
+    assert uses["n_images"] == 4 and uses["p_original"] > 0.99
+    assert uses["lesion_drop"] > 0.8 and abs(uses["elsewhere_drop"]) < 0.01  # 6 -> -2 logit; other quadrant: none
+    wrong_place = np.roll(masks, (S // 2, S // 2), axis=(1, 2))  # a "lesion" the model never looks at
+    blind = L.lesion_occlusion(_predict, x, wrong_place, dilate=0)
+    assert abs(blind["lesion_drop"]) < 0.01 and blind["region_area"] == 0.25
+    assert L.lesion_occlusion(_predict, x, np.zeros_like(masks))["n_images"] == 0

@@ -64,7 +64,7 @@ def test_logits_match_a_plain_forward_and_targets_change_the_map():
     assert not np.allclose(pos.grids, neg.grids)
 
 
-@pytest.mark.parametrize("method", ["gradcam++", "hirescam"])
+@pytest.mark.parametrize("method", ["gradcam++", "hirescam", "layercam"])
 def test_other_methods(method):
     name, size = "mobilenetv3_large_100", 64
     cb = explain(_model(name, size), name, Preprocess.for_model(size), _images(2, size), method=method)
