@@ -228,6 +228,8 @@ def lesion_occlusion(predict_fn, inputs: np.ndarray, masks: np.ndarray, *, dilat
     explainer's failure, not the model's. Images without a lesion are left out."""
     from scipy import ndimage
 
+    from bench.fidelity import _batched, _sigmoid, baseline_image  # here: bench.fidelity imports this module
+
     x, m = np.asarray(inputs, np.float32), np.asarray(masks, bool)
     keep = np.array([mm.any() for mm in m])
     if not keep.any():
@@ -238,14 +240,14 @@ def lesion_occlusion(predict_fn, inputs: np.ndarray, masks: np.ndarray, *, dilat
     region = np.stack([ndimage.binary_dilation(mm, iterations=it) if it > 0 else mm for mm in m])
     elsewhere = np.stack([_away(r) for r in region])
 
+    fill = baseline_image(x, "mean")
+
     def prob(z: np.ndarray) -> np.ndarray:
-        logits = np.concatenate([np.asarray(predict_fn(z[i:i + batch_size]), np.float64).reshape(-1)
-                                 for i in range(0, len(z), batch_size)])
-        return 1.0 / (1.0 + np.exp(-logits))
+        return _sigmoid(_batched(predict_fn, z, batch_size))
 
     p0 = prob(x)
-    p_lesion = prob(np.where(region[:, None], 0.0, x).astype(np.float32))
-    p_else = prob(np.where(elsewhere[:, None], 0.0, x).astype(np.float32))
+    p_lesion = prob(np.where(region[:, None], fill, x))
+    p_else = prob(np.where(elsewhere[:, None], fill, x))
     return {"p_original": float(p0.mean()), "p_lesion_removed": float(p_lesion.mean()),
             "p_elsewhere_removed": float(p_else.mean()), "lesion_drop": float((p0 - p_lesion).mean()),
             "elsewhere_drop": float((p0 - p_else).mean()), "region_area": float(region.mean()),
