@@ -33,11 +33,14 @@ NoAugment = Annotated[bool, typer.Option("--no-augment", help="Turn off training
 SplitFile = Annotated[Path | None, typer.Option("--split-file", help="Use this saved split instead of making one.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue interrupted runs from their last epoch.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace existing runs in --out.")]
+Jobs = Annotated[int, typer.Option("--jobs", "-j", help="CPU: train this many backbones at a time, each in a process "
+                                   "pinned to its own share of the cores, with that many torch threads (recorded "
+                                   "as the run's threads; results depend on the thread count).")]
 
 
 def _run(names, data, out_dir, size, epochs, batch_size, lr, weight_decay, gamma, alpha, patience, seed, pretrained,
          weights, device, threads, no_augment, split_file, split, split_seed, ratios, skip_bad, synthetic_images,
-         resume, force, progress) -> None:
+         resume, force, progress, jobs=1) -> None:
     from core.pipeline import DataConfig, train_backbones
     from core.synthetic import SyntheticSpec
     from core.train import TrainConfig
@@ -52,7 +55,7 @@ def _run(names, data, out_dir, size, epochs, batch_size, lr, weight_decay, gamma
                           split_seed=split_seed, ratios=parse_ratios(ratios), skip_bad=skip_bad,
                           synthetic=SyntheticSpec(n_images=synthetic_images))
     outcomes = train_backbones(names, base, data_cfg, out_dir, resume=resume, force=force, console=console,
-                               show_progress=progress)
+                               show_progress=progress, jobs=jobs)
     table = Table(title=f"runs in {out_dir} ({outcomes[0].record['init']}, {size} px)")
     for col in ("backbone", "status", "val AUC", "threshold", "best/epochs", "secs"):
         table.add_column(col, no_wrap=True)
@@ -78,7 +81,7 @@ def train(
     device: Device = "auto", threads: Threads = None, no_augment: NoAugment = False, split_file: SplitFile = None,
     split: SplitMethod = "patient", split_seed: SplitSeed = 42, ratios: Ratios = "0.7,0.15,0.15",
     skip_bad: SkipBad = False, synthetic_images: SynthN = SyntheticSpec.n_images, resume: Resume = False, force: Force = False,
-    progress: Progress = True,
+    jobs: Jobs = 1, progress: Progress = True,
 ) -> None:
     """Train one or more backbones with focal loss on a patient-wise split; one run folder each.
 
@@ -89,7 +92,7 @@ def train(
 
     _run(parse_names(backbones), data, out_dir, size, epochs, batch_size, lr, weight_decay, gamma, alpha, patience,
          seed, pretrained, weights, device, threads, no_augment, split_file, split, split_seed, ratios, skip_bad,
-         synthetic_images, resume, force, progress)
+         synthetic_images, resume, force, progress, jobs)
 
 
 @friendly
@@ -101,14 +104,14 @@ def train_all(
     device: Device = "auto", threads: Threads = None, no_augment: NoAugment = False, split_file: SplitFile = None,
     split: SplitMethod = "patient", split_seed: SplitSeed = 42, ratios: Ratios = "0.7,0.15,0.15",
     skip_bad: SkipBad = False, synthetic_images: SynthN = SyntheticSpec.n_images, resume: Resume = False, force: Force = False,
-    progress: Progress = True,
+    jobs: Jobs = 1, progress: Progress = True,
 ) -> None:
     """Train all seven backbones (or --backbones) with identical settings on one saved split."""
     from core.registry import parse_names
 
     _run(parse_names(backbones), data, out_dir, size, epochs, batch_size, lr, weight_decay, gamma, alpha, patience,
          seed, pretrained, None, device, threads, no_augment, split_file, split, split_seed, ratios, skip_bad,
-         synthetic_images, resume, force, progress)
+         synthetic_images, resume, force, progress, jobs)
 
 
 @friendly

@@ -42,8 +42,21 @@ class Outcome:
 
 def train_backbones(names: list[str], base: TrainConfig, data: DataConfig, out: str | Path, *,
                     resume: bool = False, force: bool = False, console: Console | None = None,
-                    show_progress: bool = True) -> list[Outcome]:
+                    show_progress: bool = True, jobs: int = 1) -> list[Outcome]:
+    """Train ``names`` one after another, or ``jobs`` at a time in worker processes pinned to their own
+    share of the CPU cores (:mod:`core.parallel`; CPU only). Each parallel job trains with as many torch
+    threads as it has cores, recorded as the config's ``threads``: results depend on the thread count."""
     dist = Dist.init()  # under torchrun: rank 0 prepares data and writes; the others wait, then read
+    jobs = min(jobs, len(names))
+    if jobs > 1:
+        from core.parallel import core_groups
+
+        import torch
+
+        if dist.world > 1 or base.device.startswith("cuda") or (base.device == "auto" and torch.cuda.is_available()):
+            raise ValueError(f"--jobs {jobs} trains several backbones at once on the CPU; with --device "
+                             f"{base.device} (or under torchrun) train with --jobs 1")
+        base = replace(base, threads=base.threads or min(len(g) for g in core_groups(jobs)))
     console = console or Console(stderr=True, quiet=not dist.main)
     show_progress = show_progress and dist.main
     out = Path(out)
@@ -68,6 +81,9 @@ def train_backbones(names: list[str], base: TrainConfig, data: DataConfig, out: 
     todo = [c for c in configs if plans[c.backbone] != "skipped"]
     extra_common = {"data": {"source": source.root, "kind": source.kind, "skipped_files": len(source.skipped),
                              "skipped": source.skipped[:50]}}
+    if jobs > 1 and todo:
+        return outcomes + _train_parallel(todo, plans, split, source, data, extra_common, out, jobs, console,
+                                          show_progress)
     by_size: dict[int, Any] = {}
     with Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[info]}"), console=console, disable=not show_progress) as progress:
@@ -88,6 +104,42 @@ def train_backbones(names: list[str], base: TrainConfig, data: DataConfig, out: 
             outcomes.append(Outcome(c.backbone, "resumed" if plans[c.backbone] == "resume" else "trained",
                                     run_dir, result.record))
     return outcomes
+
+
+def _train_parallel(todo: list[TrainConfig], plans: dict[str, str], split, source, data: DataConfig,
+                    extra_common: dict[str, Any], out: Path, jobs: int, console: Console,
+                    show_progress: bool) -> list[Outcome]:
+    from core.parallel import replay, run_jobs
+
+    args = []
+    by_size: dict[int, Any] = {}
+    for c in sorted(todo, key=lambda c: registry.get(c.backbone).train_cost, reverse=True):
+        if c.size not in by_size:
+            preprocess = registry.get(c.backbone).preprocess(c.size)
+            by_size[c.size] = load_sides(split, preprocess, sides=("train", "val"), skip_bad=data.skip_bad,
+                                         progress=show_progress)
+        sides, skipped = by_size[c.size]
+        if plans[c.backbone] == "fresh":
+            runs.remove_run(out / c.backbone)
+        extra = {"data": {**extra_common["data"], "skipped_files": len(source.skipped) + len(skipped),
+                          "skipped": (source.skipped + skipped)[:50]}}
+        args.append((c, split, sides, str(out / c.backbone), plans[c.backbone] == "resume", extra))
+    console.print(f"training {len(args)} backbone(s), {jobs} at a time ({args[0][0].threads} thread(s) each, "
+                  f"pinned to their own cores)")
+    tasks: dict = {}
+    with Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[info]}"), console=console, disable=not show_progress) as progress:
+        records = run_jobs(_fit_job, args, jobs, on_message=lambda m: replay(progress, tasks, m))
+    done = {a[0].backbone: (a, r) for a, r in zip(args, records)}
+    return [Outcome(c.backbone, "resumed" if plans[c.backbone] == "resume" else "trained", out / c.backbone,
+                    done[c.backbone][1]) for c in todo]
+
+
+def _fit_job(config: TrainConfig, split, sides, run_dir: str, resume: bool, extra: dict[str, Any]) -> dict[str, Any]:
+    from core.parallel import QueueProgress
+
+    return fit(config, split, sides, run_dir, resume=resume, progress=QueueProgress(config.backbone),
+               extra=extra).record
 
 
 def _plan(run_dir: Path, config: TrainConfig, split_hash: str, resume: bool, force: bool) -> str:

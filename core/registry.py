@@ -36,6 +36,9 @@ class Backbone:
     # of 1e-3: 0.79; 5e-4: 0.895; 2.5e-4: 0.941 (the CNNs: 0.94-0.997 at 4e-3).
     lr_scale: float = 1.0
     timm_kwargs: tuple[tuple[str, object], ...] = ()  # extra timm.create_model arguments
+    # Seconds per training step (batch 16, 128 px, 2 CPU threads; ../shared/ENVIRONMENT.md). Only orders
+    # parallel jobs (`--jobs`), the costliest first; never reported.
+    train_cost: float = 1.0
 
     def build(
         self,
@@ -137,17 +140,17 @@ class _TokensToGrid:
 BACKBONES: dict[str, Backbone] = {
     b.name: b
     for b in (
-        Backbone("resnet18", "resnet18", "ResNet-18", "layer4", "cnn"),
-        Backbone("resnet50", "resnet50", "ResNet-50", "layer4", "cnn"),
-        Backbone("densenet121", "densenet121", "DenseNet-121", "features.norm5", "cnn"),
-        Backbone("efficientnet_b0", "efficientnet_b0", "EfficientNet-B0", "bn2", "cnn"),
-        Backbone("mobilenetv2_100", "mobilenetv2_100", "MobileNet-V2", "bn2", "cnn"),
-        Backbone("mobilenetv3_large_100", "mobilenetv3_large_100", "MobileNet-V3-Large", "blocks", "cnn"),
+        Backbone("resnet18", "resnet18", "ResNet-18", "layer4", "cnn", train_cost=0.73),
+        Backbone("resnet50", "resnet50", "ResNet-50", "layer4", "cnn", train_cost=1.6),
+        Backbone("densenet121", "densenet121", "DenseNet-121", "features.norm5", "cnn", train_cost=1.3),
+        Backbone("efficientnet_b0", "efficientnet_b0", "EfficientNet-B0", "bn2", "cnn", train_cost=0.51),
+        Backbone("mobilenetv2_100", "mobilenetv2_100", "MobileNet-V2", "bn2", "cnn", train_cost=0.33),
+        Backbone("mobilenetv3_large_100", "mobilenetv3_large_100", "MobileNet-V3-Large", "blocks", "cnn", train_cost=0.25),
         # Mean of the (final-normed) patch tokens feeds the head rather than the class token: from
         # scratch on a small set the class token's attention learns slowly (val ROC-AUC ~0.8 after 5
         # epochs on the synthetic set). fc_norm=False keeps timm's `norm`, so ImageNet weights load whole.
         Backbone("vit_base_patch16_224", "vit_base_patch16_224", "ViT-B/16", "blocks.11.norm1", "vit", patch_size=16,
-                 lr_scale=0.0625, timm_kwargs=(("global_pool", "avg"), ("fc_norm", False))),
+                 lr_scale=0.0625, train_cost=4.9, timm_kwargs=(("global_pool", "avg"), ("fc_norm", False))),
     )
 }
 NAMES: tuple[str, ...] = tuple(BACKBONES)

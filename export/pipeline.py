@@ -34,8 +34,11 @@ HUB_USERS = ("openvino", "tensorrt")  # formats built from the FP32 ONNX file wh
 
 def export_runs(runs: Sequence, out_dir: str | Path, formats: Sequence[Format | str], precisions: Sequence[str],
                 quant_overrides: dict[str, Any] | None = None, verify: bool = True, progress: bool = True,
-                console=None, force: bool = False) -> list[dict[str, Any]]:
+                console=None, force: bool = False, jobs: int = 1) -> list[dict[str, Any]]:
     """Export each run to each format and precision; return one record per artifact (ok, failed or skipped).
+
+    ``jobs`` > 1 exports that many runs at a time, each in a worker process pinned to its own share of
+    the CPU cores (:mod:`core.parallel`); the records, the manifest and the artifacts are the same.
 
     ``quant_overrides`` are :class:`~export.base.QuantConfig` fields applied on top of each target's
     preset (``accuracy_aware`` goes to OpenVINO only). With ``verify=False`` an artifact beyond
@@ -54,6 +57,9 @@ def export_runs(runs: Sequence, out_dir: str | Path, formats: Sequence[Format | 
     earlier = {} if force else {_key(r): r for r in read_manifest(out_dir)}  # a broken manifest stops us here
     missing = {f.name: f.missing() for f in fmts}
     records: list[dict[str, Any]] = []
+    jobs = min(jobs, len(runs))
+    if jobs > 1:
+        return _export_parallel(runs, fmts, precs, quants, missing, out_dir, verify, earlier, jobs, progress, console)
     with _progress(progress, console) as bar:
         task = bar.add_task("export", total=len(runs) * len(fmts) * len(precs))
         for run in runs:
@@ -67,6 +73,66 @@ def export_runs(runs: Sequence, out_dir: str | Path, formats: Sequence[Format | 
                     write_manifest(out_dir, [record])
                     bar.advance(task)
     return records
+
+
+def _export_parallel(runs, fmts, precs, quants, missing, out_dir, verify, earlier, jobs, progress, console):
+    """:func:`export_runs` with runs spread over ``jobs`` pinned workers; the parent alone writes the manifest."""
+    from core.parallel import run_jobs
+
+    by_name = {_name(r): r for r in runs}
+    order = sorted(runs, key=_cost, reverse=True)  # the largest first, so that no worker is left with it at the end
+    names = [f.name for f in fmts]
+    args = [(str(r.path), names, precs, quants, missing, str(out_dir), verify,
+             {k: v for k, v in earlier.items() if k[0] == _name(r)}) for r in order]
+    got: dict[str, list[dict[str, Any]]] = {_name(r): [] for r in runs}
+    doing: dict[str, str] = {}
+    with _progress(progress, console) as bar:
+        task = bar.add_task("export", total=len(runs) * len(fmts) * len(precs))
+
+        def on_message(message: tuple) -> None:
+            kind, name, payload = message
+            if kind == "start":
+                doing[name] = f"{name} {payload}"
+            else:
+                got[name].append(payload)
+                write_manifest(out_dir, [payload])
+                bar.advance(task)
+            bar.update(task, description=" | ".join(doing.values()))
+
+        def on_error(i: int, err: BaseException) -> None:
+            run = order[i]
+            done = {(r["format"], r["precision"]) for r in got[_name(run)]}
+            for fmt in fmts:
+                for precision in precs:
+                    if (fmt.name, precision) not in done:
+                        on_message(("record", _name(run), io.json_safe({
+                            **_identity(run, fmt, precision), "status": "failed",
+                            "error": f"the export worker stopped: {type(err).__name__}: {err}"})))
+
+        run_jobs(_export_job, args, jobs, on_message=on_message, on_error=on_error)
+    return [rec for name in by_name for rec in got[name]]
+
+
+def _export_job(run_path: str, fmt_names: list[str], precs: list[str], quants: dict[str, QuantConfig],
+                missing: dict[str, str | None], out_dir: str, verify: bool,
+                earlier: dict[tuple[str, str, str], dict[str, Any]]) -> None:
+    """One run's artifacts in a worker process; each record goes to the parent as it is made."""
+    from core.parallel import send
+    from core.runs import load_run
+
+    run = load_run(run_path)
+    fmts = [get_format(n) for n in fmt_names]
+    name = _name(run)
+    with contextlib.closing(_export_run(run, fmts, precs, quants, missing, Path(out_dir), verify,
+                                        lambda fmt, precision: send("start", name, f"{fmt.name} {precision}"),
+                                        earlier)) as done:
+        for record in done:
+            send("record", name, record)
+
+
+def _cost(run) -> int:
+    """Bytes of the run's weights: how long its export takes, roughly."""
+    return sum(f.stat().st_size for f in Path(run.path).glob("*.safetensors"))
 
 
 def _export_run(run, fmts: list[Format], precs: list[str], quants: dict[str, QuantConfig],

@@ -234,3 +234,33 @@ def test_an_int8_artifact_is_reused_only_with_the_same_quantization_settings(exp
     assert not pipeline.reusable({**int8, "versions": {**int8["versions"], "onnxruntime": "0.0"}}, trained_run, ONNX,
                                  same, out)
     assert not pipeline.reusable({**int8, "verified": False}, trained_run, ONNX, same, out)
+
+
+@pytest.mark.skipif(len(__import__("core.parallel").parallel.usable_cores()) < 2, reason="needs two CPU cores")
+def test_jobs_2_exports_two_runs_in_pinned_workers_with_the_same_results(trained_run, tiny_split, tmp_path_factory,
+                                                                        exported):
+    """Two runs (the shared ResNet-18 and a tiny MobileNet-V3) exported two at a time: the same records as one at
+    a time, the manifest written by the parent, and a second request keeps everything."""
+    from core.datasets import load_sides
+    from core.registry import get
+    from core.train import TrainConfig, fit
+
+    second = tmp_path_factory.getbasetemp() / "export-runs-2" / "mobilenetv3_large_100"
+    config = TrainConfig(backbone="mobilenetv3_large_100", size=32, epochs=1, batch_size=8, seed=7, threads=2)
+    fit(config, tiny_split, load_sides(tiny_split, get(config.backbone).preprocess(32), sides=("train", "val"),
+                                       progress=False)[0], second)
+    runs = [trained_run, load_run(second)]
+    out = tmp_path_factory.mktemp("artifacts-jobs")
+    records = export_runs(runs, out, ["onnx"], ["fp32", "fp16"], {}, progress=False, jobs=2)
+    assert [(r["backbone"], r["precision"], r["status"]) for r in records] == [
+        ("resnet18", "fp32", "ok"), ("resnet18", "fp16", "ok"),
+        ("mobilenetv3_large_100", "fp32", "ok"), ("mobilenetv3_large_100", "fp16", "ok")]
+    assert {(r["backbone"], r["precision"]) for r in read_manifest(out)} == {(r["backbone"], r["precision"])
+                                                                           for r in records}
+    serial = {r["precision"]: r for r in exported[0]}
+    for r in records[:2]:  # the same ResNet-18 as the serial export: the same graph, the same parity figures
+        assert r["facts"]["op_types"] == serial[r["precision"]]["facts"]["op_types"]
+        assert r["parity"]["max_abs_logit"] == pytest.approx(serial[r["precision"]]["parity"]["max_abs_logit"],
+                                                             abs=1e-5)
+    again = export_runs(runs, out, ["onnx"], ["fp32", "fp16"], {}, progress=False, jobs=2)
+    assert all(r.get("reused") for r in again) and not _tmp_left(out)
