@@ -209,16 +209,44 @@ def cam_agreement(reference: np.ndarray, other: np.ndarray, *, top_fraction: flo
 # ----------------------------------------------------------------------------- randomization sanity check
 
 
-def last_stage(backbone: str, model) -> str:
-    """Dotted name of the last stage of ``model`` (randomized in the cascading sanity check)."""
+def last_stage(backbone: str, model, size: int = 64) -> str:
+    """Dotted name of the first module of ``model``'s last stage: everything from it on is randomized in the
+    cascading sanity check.
+
+    The last stage of a CNN is every layer that runs at its coarsest grid, as ResNet's ``layer4`` (conv5_x)
+    does: for each family, the first of its stage modules whose output already has the final grid. So
+    DenseNet's starts at ``transition3`` (its pooling makes the final grid; ``denseblock4`` alone would leave
+    the half of its output channels that it passes through from earlier stages untouched) and MobileNets'
+    and EfficientNet's at the last block with stride 2, not at the 1x1 convolution after it. ViT keeps one
+    grid throughout: its last block.
+    """
+    import torch
+
     names = dict(model.named_children())
     if "layer4" in names:  # ResNets
         return "layer4"
-    if "features" in names and hasattr(model.features, "denseblock4"):  # DenseNet
-        return "features.denseblock4"
-    if "blocks" in names:  # EfficientNet, MobileNets, ViT
+    if hasattr(model, "patch_embed"):  # ViT
         return f"blocks.{len(model.blocks) - 1}"
-    raise ValueError(f"no last stage known for {backbone}; add it to bench.fidelity.last_stage")
+    if "features" in names and hasattr(model.features, "denseblock4"):  # DenseNet
+        stages = [(f"features.{n}", m) for n, m in model.features.named_children()]
+    elif "blocks" in names:  # EfficientNet, MobileNets
+        stages = [(f"blocks.{n}", m) for n, m in model.blocks.named_children()]
+    else:
+        raise ValueError(f"no last stage known for {backbone}; add it to bench.fidelity.last_stage")
+    grids: dict[str, int] = {}
+    hooks = [m.register_forward_hook(lambda _m, _i, out, n=n: grids.__setitem__(n, out.shape[-1]))
+             for n, m in stages]
+    try:
+        with torch.no_grad():
+            was = model.training
+            model.eval()
+            model(torch.zeros(1, 3, size, size))
+            model.train(was)
+    finally:
+        for h in hooks:
+            h.remove()
+    final = grids[stages[-1][0]]
+    return next(n for n, _ in stages if grids.get(n) == final)
 
 
 def randomized_copy(model, start: str | None, seed: int = 0):
@@ -268,7 +296,7 @@ def sanity_check(model, backbone: str, inputs: np.ndarray, targets: Sequence[int
     if trained_cams is None:
         with Explainer(model, backbone, size, method=method, device=device, layer=layer) as ex:
             trained_cams = ex(inputs, targets).cams
-    stage = last_stage(backbone, model)
+    stage = last_stage(backbone, model, size)
     out: dict[str, Any] = {"method": method, "max_spearman": max_spearman, "last_stage": stage}
     for key, start in (("head", None), ("last_stage", stage)):
         rand = randomized_copy(model, start, seed=seed)

@@ -141,7 +141,14 @@ def test_randomized_copy_touches_only_head_and_last_stage():
     assert not same(model, cascade, "layer4.1.conv2.weight") and not same(model, cascade, "fc.weight")
     assert same(model, cascade, "layer3.1.conv2.weight") and same(model, cascade, "conv1.weight")
     assert F.last_stage("vit_base_patch16_224", _model("vit_base_patch16_224", 32)) == "blocks.11"
-    assert F.last_stage("densenet121", _model("densenet121", 32)) == "features.denseblock4"
+    # the first module at the final grid: DenseNet's transition into it, the MobileNets' last stride-2 stage
+    assert F.last_stage("densenet121", _model("densenet121", 32)) == "features.transition3"
+    for name in ("efficientnet_b0", "mobilenetv2_100", "mobilenetv3_large_100"):
+        assert F.last_stage(name, _model(name, 64)) == "blocks.5", name
+    dense = _model("densenet121", 32)
+    cascade = F.randomized_copy(dense, F.last_stage("densenet121", dense), seed=1)
+    assert not same(dense, cascade, "features.transition3.conv.weight")
+    assert same(dense, cascade, "features.denseblock3.denselayer24.conv2.weight")
 
 
 def test_fake_quantized_copy_is_close_and_has_gradients():
