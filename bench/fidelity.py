@@ -9,7 +9,7 @@ that model's output most (../shared/DESIGN.md). The measures, all pure functions
 - :func:`road`: ROAD (Rong et al. 2022) through pytorch-grad-cam, for PyTorch models;
 - :func:`cam_agreement`: Spearman rank correlation and top-10% overlap of two sets of heatmaps
   (FP32 against FP16/BF16 autocast or a fake-quantized INT8 copy);
-- :func:`sanity_check`: the model-randomization test (Adebayo et al. 2018);
+- the model-randomization sanity check (Adebayo et al. 2018) lives in :mod:`bench.sanity`;
 - localisation against lesion masks or boxes lives in :mod:`bench.localization` (pointing game,
   energy in mask, the box reader); :func:`run_fidelity` reports it beside the rest.
 
@@ -18,7 +18,6 @@ that model's output most (../shared/DESIGN.md). The measures, all pure functions
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from bench.localization import energy_in_mask, fidelity_images, lesion_occlusion, pointing_game, pointing_points
+from bench.sanity import sanity_check
 
 PredictFn = Callable[[np.ndarray], np.ndarray]  # normalised float32 N x C x H x W -> N logits
 BASELINES = ("black", "blur", "mean")
@@ -204,109 +204,6 @@ def cam_agreement(reference: np.ndarray, other: np.ndarray, *, top_fraction: flo
     top = [top_overlap(r, o, top_fraction) for r, o in zip(ref, oth)]
     return {"spearman": float(np.mean(rho)) if rho else None, "top_overlap": float(np.mean(top)) if top else None,
             "top_fraction": top_fraction, "n_images": len(rho), "spearman_per_image": rho}
-
-
-# ----------------------------------------------------------------------------- randomization sanity check
-
-
-def last_stage(backbone: str, model, size: int = 64) -> str:
-    """Dotted name of the first module of ``model``'s last stage: everything from it on is randomized in the
-    cascading sanity check.
-
-    The last stage of a CNN is every layer that runs at its coarsest grid, as ResNet's ``layer4`` (conv5_x)
-    does: for each family, the first of its stage modules whose output already has the final grid. So
-    DenseNet's starts at ``transition3`` (its pooling makes the final grid; ``denseblock4`` alone would leave
-    the half of its output channels that it passes through from earlier stages untouched) and MobileNets'
-    and EfficientNet's at the last block with stride 2, not at the 1x1 convolution after it. ViT keeps one
-    grid throughout: its last block.
-    """
-    import torch
-
-    names = dict(model.named_children())
-    if "layer4" in names:  # ResNets
-        return "layer4"
-    if hasattr(model, "patch_embed"):  # ViT
-        return f"blocks.{len(model.blocks) - 1}"
-    if "features" in names and hasattr(model.features, "denseblock4"):  # DenseNet
-        stages = [(f"features.{n}", m) for n, m in model.features.named_children()]
-    elif "blocks" in names:  # EfficientNet, MobileNets
-        stages = [(f"blocks.{n}", m) for n, m in model.blocks.named_children()]
-    else:
-        raise ValueError(f"no last stage known for {backbone}; add it to bench.fidelity.last_stage")
-    grids: dict[str, int] = {}
-    hooks = [m.register_forward_hook(lambda _m, _i, out, n=n: grids.__setitem__(n, out.shape[-1]))
-             for n, m in stages]
-    try:
-        with torch.no_grad():
-            was = model.training
-            model.eval()
-            model(torch.zeros(1, 3, size, size))
-            model.train(was)
-    finally:
-        for h in hooks:
-            h.remove()
-    final = grids[stages[-1][0]]
-    return next(n for n, _ in stages if grids.get(n) == final)
-
-
-def randomized_copy(model, start: str | None, seed: int = 0):
-    """A copy of ``model`` whose classifier head, and (if ``start`` is a module name) every module from
-    ``start`` on in definition order, are re-initialised (Adebayo et al. 2018, cascading randomization)."""
-    import torch
-
-    rand = copy.deepcopy(model).eval()
-    torch.manual_seed(seed)
-    head = rand.get_classifier()
-    head_names = {n for n, m in rand.named_modules() if m is head or any(m is s for s in head.modules())}
-    passed = start is None
-    for name, module in rand.named_modules():
-        if start is not None and (name == start or name.startswith(start + ".")):
-            passed = True
-        if not (passed and start is not None) and name not in head_names:
-            continue
-        own = list(module.parameters(recurse=False))
-        if not own:
-            continue
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
-            if hasattr(module, "reset_running_stats"):
-                module.reset_running_stats()
-        else:
-            with torch.no_grad():
-                for p in own:
-                    p.normal_(0.0, 0.02)
-    # Parameters held directly by the model (ViT pos_embed, cls_token) come after no stage: kept.
-    return rand
-
-
-def sanity_check(model, backbone: str, inputs: np.ndarray, targets: Sequence[int] | np.ndarray | None = None, *,
-                 trained_cams: np.ndarray | None = None, method: str = "gradcam", device: str = "cpu",
-                 max_spearman: float = 0.5, seed: int = 0, layer: str | None = None) -> dict[str, Any]:
-    """Model-randomization test (Adebayo et al. 2018): heatmaps after re-initialising the head, then the
-    head and the last stage, must lose their rank correlation with the trained model's heatmaps.
-
-    Passes when the absolute mean Spearman correlation after randomizing the head and the last stage
-    is below ``max_spearman`` (a random head can also invert a map: strong negative correlation
-    means the map still follows the trained features). Constant maps (Grad-CAM's ReLU can zero
-    everything) count as correlation 0. The head-only figures are reported beside it.
-    """
-    from core.gradcam import Explainer
-
-    size = np.asarray(inputs).shape[-1]
-    if trained_cams is None:
-        with Explainer(model, backbone, size, method=method, device=device, layer=layer) as ex:
-            trained_cams = ex(inputs, targets).cams
-    stage = last_stage(backbone, model, size)
-    out: dict[str, Any] = {"method": method, "max_spearman": max_spearman, "last_stage": stage}
-    for key, start in (("head", None), ("last_stage", stage)):
-        rand = randomized_copy(model, start, seed=seed)
-        with Explainer(rand, backbone, size, method=method, device=device, layer=layer) as ex:
-            cams = ex(inputs, targets).cams
-        agree = cam_agreement(trained_cams, cams)
-        out[f"spearman_{key}"] = agree["spearman"]
-        out[f"top_overlap_{key}"] = agree["top_overlap"]
-    out["passed"] = bool(abs(out["spearman_last_stage"]) < max_spearman)
-    return out
 
 
 # ----------------------------------------------------------------------------- per artifact

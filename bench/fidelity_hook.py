@@ -39,7 +39,8 @@ def reset() -> None:
 
 
 def _per_run(ctx) -> dict[str, Any]:
-    from bench.fidelity import fp32_heatmaps, sanity_check
+    from bench.fidelity import fp32_heatmaps
+    from bench.sanity import sanity_check
 
     key = str(getattr(ctx.run, "path", id(ctx.run)))
     if key in _PER_RUN:

@@ -131,22 +131,23 @@ def test_pointing_game_and_energy_on_the_quadrant():
 
 
 def test_randomized_copy_touches_only_head_and_last_stage():
+    from bench import sanity as S
     from tests.core.test_gradcam import _model
 
     model = _model("resnet18", 32)
-    head_only = F.randomized_copy(model, None, seed=1)
-    cascade = F.randomized_copy(model, F.last_stage("resnet18", model), seed=1)
+    head_only = S.randomized_copy(model, None, seed=1)
+    cascade = S.randomized_copy(model, S.last_stage("resnet18", model), seed=1)
     same = lambda a, b, name: torch.equal(a.get_parameter(name), b.get_parameter(name))  # noqa: E731
     assert same(model, head_only, "layer4.1.conv2.weight") and not same(model, head_only, "fc.weight")
     assert not same(model, cascade, "layer4.1.conv2.weight") and not same(model, cascade, "fc.weight")
     assert same(model, cascade, "layer3.1.conv2.weight") and same(model, cascade, "conv1.weight")
-    assert F.last_stage("vit_base_patch16_224", _model("vit_base_patch16_224", 32)) == "blocks.11"
+    assert S.last_stage("vit_base_patch16_224", _model("vit_base_patch16_224", 32)) == "blocks.11"
     # the first module at the final grid: DenseNet's transition into it, the MobileNets' last stride-2 stage
-    assert F.last_stage("densenet121", _model("densenet121", 32)) == "features.transition3"
+    assert S.last_stage("densenet121", _model("densenet121", 32)) == "features.transition3"
     for name in ("efficientnet_b0", "mobilenetv2_100", "mobilenetv3_large_100"):
-        assert F.last_stage(name, _model(name, 64)) == "blocks.5", name
+        assert S.last_stage(name, _model(name, 64)) == "blocks.5", name
     dense = _model("densenet121", 32)
-    cascade = F.randomized_copy(dense, F.last_stage("densenet121", dense), seed=1)
+    cascade = S.randomized_copy(dense, S.last_stage("densenet121", dense), seed=1)
     assert not same(dense, cascade, "features.transition3.conv.weight")
     assert same(dense, cascade, "features.denseblock3.denselayer24.conv2.weight")
 
