@@ -242,7 +242,7 @@ def rich_table(doc: dict[str, Any], compact: bool = False):
     notes = note_numbers(rows)
     env = doc.get("environment", {})
     title = (f"{doc.get('artifacts')} on {env.get('settings', {}).get('device')} "
-             f"({env.get('cpu', {}).get('model')}, {env.get('settings', {}).get('threads_used')} threads)")
+             f"({env.get('cpu', {}).get('model')}, {_threads(env)})")
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
     for h, _ in cols:
         table.add_column(h, justify="left" if h in ("backbone", "artifact", "runtime", "status") else "right",
@@ -326,7 +326,7 @@ def plot(doc: dict[str, Any], path: str | Path) -> Path:
     cpu = env.get("cpu", {}).get("model")
     gpu = (env.get("gpu") or {}).get("name")
     fig.suptitle(f"Accuracy against cost — {', '.join(devices)}; {gpu or cpu}, "
-                 f"{env.get('settings', {}).get('threads_used')} threads", fontsize=11)
+                 f"{_threads(env)}", fontsize=11)
     colour_handles = [Line2D([], [], marker="o", ls="", color=colour[b], label=b) for b in backbones]
     marker_handles = [Line2D([], [], marker=marker[k], ls="", color="0.35", markerfacecolor="0.35",
                              label=f"{k[0]} {k[1]}") for k in kinds]
@@ -350,3 +350,8 @@ def write_reports(doc: dict[str, Any], out_dir: str | Path) -> list[Path]:
              io.write_atomic(out_dir / TABLE_CSV, lambda p: p.write_text(csv_text(doc["rows"])))]
     paths.append(plot(doc, out_dir / PARETO_PNG))
     return paths
+
+
+def _threads(env: dict[str, Any]) -> str:
+    n = env.get("settings", {}).get("threads_used")
+    return f"{n} thread" + ("" if n == 1 else "s")

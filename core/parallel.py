@@ -70,11 +70,11 @@ def pin(cores: Sequence[int]) -> int:
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_main(tasks, results, messages, fn) -> None:
+def _worker_main(tasks, results, messages, fn, cores: list[int]) -> None:
     """A worker's loop: take (index, args) until None; put (index, ok, result or error text)."""
     import traceback
 
-    _WORKER.update(threads=pin(sorted(os.sched_getaffinity(0)) if can_pin() else [0]), messages=messages)
+    _WORKER.update(threads=pin(cores), messages=messages)
     while True:
         item = tasks.get()
         if item is None:
@@ -159,7 +159,7 @@ def run_jobs(fn: Callable[..., Any], jobs_args: Sequence[tuple], jobs: int,
             if can_pin():
                 os.sched_setaffinity(0, set(group))
             try:
-                w = ctx.Process(target=_worker_main, args=(tasks, results, messages, fn), daemon=True)
+                w = ctx.Process(target=_worker_main, args=(tasks, results, messages, fn, group), daemon=True)
                 w.start()
             finally:
                 if can_pin():

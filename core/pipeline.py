@@ -49,9 +49,9 @@ def train_backbones(names: list[str], base: TrainConfig, data: DataConfig, out: 
     dist = Dist.init()  # under torchrun: rank 0 prepares data and writes; the others wait, then read
     jobs = min(jobs, len(names))
     if jobs > 1:
-        from core.parallel import core_groups
-
         import torch
+
+        from core.parallel import core_groups
 
         if dist.world > 1 or base.device.startswith("cuda") or (base.device == "auto" and torch.cuda.is_available()):
             raise ValueError(f"--jobs {jobs} trains several backbones at once on the CPU; with --device "

@@ -97,7 +97,9 @@ def _export_parallel(runs, fmts, precs, quants, missing, out_dir, verify, earlie
                 got[name].append(payload)
                 write_manifest(out_dir, [payload])
                 bar.advance(task)
-            bar.update(task, description=" | ".join(doing.values()))
+                if len(got[name]) == len(fmts) * len(precs):
+                    doing.pop(name, None)
+            bar.update(task, description=" | ".join(doing.values()) or "export")
 
         def on_error(i: int, err: BaseException) -> None:
             run = order[i]

@@ -264,3 +264,36 @@ def test_jobs_2_exports_two_runs_in_pinned_workers_with_the_same_results(trained
                                                              abs=1e-5)
     again = export_runs(runs, out, ["onnx"], ["fp32", "fp16"], {}, progress=False, jobs=2)
     assert all(r.get("reused") for r in again) and not _tmp_left(out)
+
+
+def test_a_dead_export_worker_fails_its_remaining_artifacts_as_rows(trained_run, tmp_path, monkeypatch):
+    """What the parent does with a worker's messages and a worker that stopped (no processes needed)."""
+    from core import parallel
+
+    def fake_run_jobs(fn, jobs_args, jobs, on_message=None, on_error=None):
+        assert fn is pipeline._export_job and jobs == 2 and len(jobs_args) == 2
+        run_path, fmt_names, precs = jobs_args[0][:3]
+        name = load_run(run_path).record["backbone"]
+        on_message(("start", name, "onnx fp32"))
+        on_message(("record", name, {**pipeline._identity(load_run(run_path), FORMATS["onnx"], "fp32"),
+                                     "status": "skipped", "reason": "made by the fake worker"}))
+        return [on_error(i, parallel.JobError("its worker process stopped (exit codes -9)")) for i in range(2)]
+
+    monkeypatch.setattr(parallel, "run_jobs", fake_run_jobs)
+    other = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(trained_run.path, other)
+    record = json.loads((other / "run.json").read_text())
+    record["backbone"] = "mobilenetv2_100"  # only the name matters here: nothing is built
+    (other / "run.json").write_text(json.dumps(record))
+    runs = [trained_run, load_run(other)]
+    out = tmp_path / "art"
+    records = export_runs(runs, out, ["onnx"], ["fp32", "fp16"], {}, progress=False, jobs=2)
+    assert len(records) == 4 and len(read_manifest(out)) == 4
+    by = {(r["backbone"], r["precision"]): r for r in records}
+    first = pipeline._name(sorted(runs, key=pipeline._cost, reverse=True)[0])
+    assert by[(first, "fp32")]["status"] == "skipped"
+    failed = [r for r in records if r["status"] == "failed"]
+    assert len(failed) == 3 and all("the export worker stopped: JobError: its worker process stopped" in r["error"]
+                                    for r in failed)
