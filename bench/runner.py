@@ -129,7 +129,7 @@ def bench_artifacts(artifacts_dir: str | Path, config: BenchConfig, progress: bo
     """
     import torch
 
-    from export.pipeline import MANIFEST, read_manifest
+    from export.manifest import MANIFEST, read_manifest
 
     artifacts_dir = Path(artifacts_dir)
     if not (artifacts_dir / MANIFEST).is_file():

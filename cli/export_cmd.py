@@ -69,7 +69,8 @@ def export(
     """
     from core.runs import find_runs
     from export.base import ExportError, parse_formats, parse_precisions
-    from export.pipeline import MANIFEST, export_runs, quant_configs
+    from export.manifest import MANIFEST
+    from export.pipeline import export_runs, quant_configs
 
     fmts, precs = parse_formats(formats), parse_precisions(precisions)
     overrides: dict[str, Any] = {"calibration": calibration.strip().lower() if calibration else None,

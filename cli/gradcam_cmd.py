@@ -151,7 +151,8 @@ def fidelity(
         results["runs"].append(run_fidelity(run, side=side, n=n, method=method, steps=steps, device=device,
                                             boxes=boxes, with_road=road, layer=layers.get(run.record["backbone"])))
     for folder in export_dirs:
-        from export.pipeline import load_artifact, read_manifest
+        from export.manifest import read_manifest
+        from export.pipeline import load_artifact
 
         by_run: dict[str, Any] = {}
         for rec in read_manifest(folder):

@@ -79,60 +79,63 @@ def train_backbones(names: list[str], base: TrainConfig, data: DataConfig, out: 
                           f"{out / c.backbone}; skipping (--force retrains)[/dim]")
             outcomes.append(Outcome(c.backbone, "skipped", out / c.backbone, runs.load_run(out / c.backbone).record))
     todo = [c for c in configs if plans[c.backbone] != "skipped"]
-    extra_common = {"data": {"source": source.root, "kind": source.kind, "skipped_files": len(source.skipped),
-                             "skipped": source.skipped[:50]}}
+    by_size: dict[int, Any] = {}  # decoded images, shared by the backbones of one input size
     if jobs > 1 and todo:
-        return outcomes + _train_parallel(todo, plans, split, source, data, extra_common, out, jobs, console,
+        return outcomes + _train_parallel(todo, plans, split, source, data, by_size, out, jobs, console,
                                           show_progress)
-    by_size: dict[int, Any] = {}
-    with Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.fields[info]}"), console=console, disable=not show_progress) as progress:
+    with _bar(console, show_progress) as progress:
         for c in todo:
-            if c.size not in by_size:
-                preprocess = registry.get(c.backbone).preprocess(c.size)
-                by_size[c.size] = load_sides(split, preprocess, sides=("train", "val"), skip_bad=data.skip_bad,
-                                             progress=show_progress)
-            sides, skipped = by_size[c.size]
+            sides, extra = _fit_inputs(c, split, source, data, by_size, show_progress)
             run_dir = out / c.backbone
             if plans[c.backbone] == "fresh" and dist.main:
                 runs.remove_run(run_dir)
             dist.barrier()
-            extra = {"data": {**extra_common["data"], "skipped_files": len(source.skipped) + len(skipped),
-                              "skipped": (source.skipped + skipped)[:50]}}
             result = fit(c, split, sides, run_dir, resume=plans[c.backbone] == "resume", progress=progress,
                          extra=extra)
-            outcomes.append(Outcome(c.backbone, "resumed" if plans[c.backbone] == "resume" else "trained",
-                                    run_dir, result.record))
+            outcomes.append(_outcome(c, plans, out, result.record))
     return outcomes
 
 
+def _fit_inputs(c: TrainConfig, split, source, data: DataConfig, by_size: dict[int, Any],
+                show_progress: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The decoded train/val images for ``c`` (once per input size) and the data record of its run."""
+    if c.size not in by_size:
+        preprocess = registry.get(c.backbone).preprocess(c.size)
+        by_size[c.size] = load_sides(split, preprocess, sides=("train", "val"), skip_bad=data.skip_bad,
+                                     progress=show_progress)
+    sides, skipped = by_size[c.size]
+    return sides, {"data": {"source": source.root, "kind": source.kind,
+                            "skipped_files": len(source.skipped) + len(skipped),
+                            "skipped": (source.skipped + skipped)[:50]}}
+
+
+def _outcome(c: TrainConfig, plans: dict[str, str], out: Path, record: dict[str, Any]) -> Outcome:
+    return Outcome(c.backbone, "resumed" if plans[c.backbone] == "resume" else "trained", out / c.backbone, record)
+
+
+def _bar(console: Console, show_progress: bool) -> Progress:
+    return Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("{task.fields[info]}"), console=console, disable=not show_progress)
+
+
 def _train_parallel(todo: list[TrainConfig], plans: dict[str, str], split, source, data: DataConfig,
-                    extra_common: dict[str, Any], out: Path, jobs: int, console: Console,
+                    by_size: dict[int, Any], out: Path, jobs: int, console: Console,
                     show_progress: bool) -> list[Outcome]:
     from core.parallel import replay, run_jobs
 
     args = []
-    by_size: dict[int, Any] = {}
     for c in sorted(todo, key=lambda c: registry.get(c.backbone).train_cost, reverse=True):
-        if c.size not in by_size:
-            preprocess = registry.get(c.backbone).preprocess(c.size)
-            by_size[c.size] = load_sides(split, preprocess, sides=("train", "val"), skip_bad=data.skip_bad,
-                                         progress=show_progress)
-        sides, skipped = by_size[c.size]
+        sides, extra = _fit_inputs(c, split, source, data, by_size, show_progress)
         if plans[c.backbone] == "fresh":
             runs.remove_run(out / c.backbone)
-        extra = {"data": {**extra_common["data"], "skipped_files": len(source.skipped) + len(skipped),
-                          "skipped": (source.skipped + skipped)[:50]}}
         args.append((c, split, sides, str(out / c.backbone), plans[c.backbone] == "resume", extra))
     console.print(f"training {len(args)} backbone(s), {jobs} at a time ({args[0][0].threads} thread(s) each, "
                   f"pinned to their own cores)")
     tasks: dict = {}
-    with Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.fields[info]}"), console=console, disable=not show_progress) as progress:
+    with _bar(console, show_progress) as progress:
         records = run_jobs(_fit_job, args, jobs, on_message=lambda m: replay(progress, tasks, m))
-    done = {a[0].backbone: (a, r) for a, r in zip(args, records)}
-    return [Outcome(c.backbone, "resumed" if plans[c.backbone] == "resume" else "trained", out / c.backbone,
-                    done[c.backbone][1]) for c in todo]
+    done = {a[0].backbone: r for a, r in zip(args, records)}
+    return [_outcome(c, plans, out, done[c.backbone]) for c in todo]
 
 
 def _fit_job(config: TrainConfig, split, sides, run_dir: str, resume: bool, extra: dict[str, Any]) -> dict[str, Any]:

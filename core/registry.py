@@ -37,7 +37,7 @@ class Backbone:
     lr_scale: float = 1.0
     timm_kwargs: tuple[tuple[str, object], ...] = ()  # extra timm.create_model arguments
     # Seconds per training step (batch 16, 128 px, 2 CPU threads; ../shared/ENVIRONMENT.md). Only orders
-    # parallel jobs (`--jobs`), the costliest first; never reported.
+    # parallel jobs (`--jobs` of train and export), the costliest first; never reported.
     train_cost: float = 1.0
 
     def build(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import math
 import os
 import shutil
@@ -26,9 +25,8 @@ from core import io
 from export.base import (FORMATS, PRECISIONS, ExportContext, ExportError, Format, ParityError, QuantConfig,
                          TorchPredictor, artifact_files, artifact_name, calibration_set, file_bytes, file_sha256,
                          get_format, parity, predict_batched, run_hash)
+from export.manifest import _key, read_manifest, write_manifest
 
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "cxr-edge-artifacts/1"
 HUB_USERS = ("openvino", "tensorrt")  # formats built from the FP32 ONNX file when it exists
 
 
@@ -79,8 +77,7 @@ def _export_parallel(runs, fmts, precs, quants, missing, out_dir, verify, earlie
     """:func:`export_runs` with runs spread over ``jobs`` pinned workers; the parent alone writes the manifest."""
     from core.parallel import run_jobs
 
-    by_name = {_name(r): r for r in runs}
-    order = sorted(runs, key=_cost, reverse=True)  # the largest first, so that no worker is left with it at the end
+    order = sorted(runs, key=_cost, reverse=True)  # the costliest first, so that no worker is left with it at the end
     names = [f.name for f in fmts]
     args = [(str(r.path), names, precs, quants, missing, str(out_dir), verify,
              {k: v for k, v in earlier.items() if k[0] == _name(r)}) for r in order]
@@ -112,7 +109,7 @@ def _export_parallel(runs, fmts, precs, quants, missing, out_dir, verify, earlie
                             "error": f"the export worker stopped: {type(err).__name__}: {err}"})))
 
         run_jobs(_export_job, args, jobs, on_message=on_message, on_error=on_error)
-    return [rec for name in by_name for rec in got[name]]
+    return [rec for r in runs for rec in got[_name(r)]]
 
 
 def _export_job(run_path: str, fmt_names: list[str], precs: list[str], quants: dict[str, QuantConfig],
@@ -132,9 +129,12 @@ def _export_job(run_path: str, fmt_names: list[str], precs: list[str], quants: d
             send("record", name, record)
 
 
-def _cost(run) -> int:
-    """Bytes of the run's weights: how long its export takes, roughly."""
-    return sum(f.stat().st_size for f in Path(run.path).glob("*.safetensors"))
+def _cost(run) -> float:
+    """How long the run's export takes, roughly: its backbone's relative cost in the registry (the one that
+    orders parallel training too)."""
+    from core import registry
+
+    return registry.get(_name(run)).train_cost
 
 
 def _export_run(run, fmts: list[Format], precs: list[str], quants: dict[str, QuantConfig],
@@ -325,49 +325,6 @@ def _move_into_place(built: Path, final: Path) -> None:
             stale.unlink()
 
 
-# ------------------------------------------------------------------------------------ manifest
-
-
-def read_manifest(out_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(out_dir) / MANIFEST
-    if not path.exists():
-        return []
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ExportError(f"{path} is not valid JSON ({err}); move it away and export again") from err
-    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
-        raise ExportError(f"{path} is not a {MANIFEST_FORMAT} manifest; move it away or choose another --out")
-    return list(data.get("artifacts", []))
-
-
-def merge_records(old: list[dict[str, Any]], new: list[dict[str, Any]], out_dir: Path) -> list[dict[str, Any]]:
-    """Replace records of the same (backbone, format, precision); keep the others.
-
-    A failed or skipped attempt does not replace a good artifact that is still on disk (e.g. a TensorRT
-    engine built on a GPU machine, re-exported on a CPU one): that record stays and notes the attempt.
-    """
-    merged = {_key(r): r for r in old}
-    for rec in new:
-        prev = merged.get(_key(rec))
-        if (rec["status"] != "ok" and prev and prev.get("status") == "ok" and prev.get("path")
-                and (Path(out_dir) / prev["path"]).exists()):
-            note = {k: rec.get(k) for k in ("status", "error", "reason", "created", "run_hash") if rec.get(k)}
-            merged[_key(rec)] = {**prev, "last_attempt": note}
-        else:
-            merged[_key(rec)] = rec
-    order = {name: i for i, name in enumerate(FORMATS)}
-    return sorted(merged.values(), key=lambda r: (r["backbone"], order.get(r["format"], 99),
-                                                  PRECISIONS.index(r["precision"]) if r["precision"] in PRECISIONS
-                                                  else 99))
-
-
-def write_manifest(out_dir: str | Path, new: list[dict[str, Any]]) -> Path:
-    out_dir = Path(out_dir)
-    records = merge_records(read_manifest(out_dir), new, out_dir)
-    return io.write_json(out_dir / MANIFEST, {"format": MANIFEST_FORMAT, "updated": io.now(), "artifacts": records})
-
-
 def load_artifact(record_or_path: dict[str, Any] | str | Path, out_dir: str | Path | None = None, **options):
     """A predictor for a manifest record (its path is relative to ``out_dir``) or an artifact file."""
     if isinstance(record_or_path, dict):
@@ -427,10 +384,6 @@ def _name(run) -> str:
 def _mkdir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def _key(rec: dict[str, Any]) -> tuple[str, str, str]:
-    return rec["backbone"], rec["format"], rec["precision"]
 
 
 def _progress(enabled: bool, console=None):

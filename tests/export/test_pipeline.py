@@ -12,7 +12,8 @@ import pytest
 from core.runs import load_run
 from export import base, pipeline
 from export.base import FORMATS, Format, TorchPredictor
-from export.pipeline import MANIFEST, export_one, export_runs, load_artifact, read_manifest
+from export.manifest import MANIFEST, read_manifest, write_manifest
+from export.pipeline import export_one, export_runs, load_artifact
 
 FAKE = Format("fake", ".fake", ("fp32", "fp16"), "fake_target", (), None, description="two files, exact")
 
@@ -140,7 +141,7 @@ def test_parity_failure_leaves_nothing_in_place_and_says_why(onnx_ctx, tmp_path,
     assert "max |logit difference| 0.01 > 0.0001" in rec["error"] and "--no-verify" in rec["error"]
     assert rec["path"] is None and not (out / "resnet18/onnx-fp32.onnx").exists() and not _tmp_left(out)
     assert rec["parity"]["within_tolerance"] is False
-    pipeline.write_manifest(out, [rec])
+    write_manifest(out, [rec])
     assert read_manifest(out)[0]["error"] == rec["error"]
     # --no-verify keeps it, marked.
     rec = export_one(onnx_ctx, FORMATS["onnx"], "fp32", out, quant, verify=False)

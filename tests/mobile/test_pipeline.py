@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from export.base import FORMATS, BackendUnavailable, file_sha256
-from export.pipeline import export_runs, load_artifact, read_manifest
+from export.manifest import read_manifest
+from export.pipeline import export_runs, load_artifact
 from tests.export.conftest import tiny_run
 
 pytestmark = [pytest.mark.mobile, pytest.mark.slow]  # trains a tiny ResNet-18 and exports it: ~1 min of CPU
