@@ -126,22 +126,25 @@ fidelity *args:
 # `just kermany size=224 epochs=10 vit_epochs=10 device=cuda` (add weights=imagenet to start from timm's weights).
 # Interrupted? Run it again: finished runs and checked artifacts are kept, an interrupted run resumes.
 # Latency at batch 1 and 8 with 6 s of timed calls per artifact: the budgets a deployer asks about are at
-# batch 1 (`cxr-edge bench`'s defaults add batch 32). On the shared 2-core VM, 6 s left 35 of 49 rows' round
-# medians within 10% of each other (median 6%), where 1.5 s (and whole rounds one after the other) left 23.
+# batch 1 (`cxr-edge bench`'s defaults add batch 32). Timed with one thread (threads=): on the shared 2-core
+# VM two threads left 35 of 49 rows' round medians within 10% of each other (median 6%), one thread 45 of 49
+# (median 2.5%); a CPU with cores to spare can pass threads=4 and so on.
 # real-data results -> docs/RESULTS.md: train all seven on Kermany, export, bench, Grad-CAM, report (data= size= epochs=)
 kermany *args:
     #!/usr/bin/env bash
     set -euo pipefail
     data=../shared/data/kermany-cxr-224 size=128 epochs=2 vit_epochs=1 device=cpu weights= formats=onnx,openvino
     runs=runs-kermany artifacts=artifacts-kermany results=results/kermany cams=cams-kermany doc=docs/RESULTS.md
-    source tools/recipe-args.sh "data size epochs vit_epochs device weights formats runs artifacts results cams doc" "$@"
+    threads=1
+    source tools/recipe-args.sh "data size epochs vit_epochs device weights formats runs artifacts results cams doc threads" "$@"
     init=(); init_words="trained from scratch"
     [ "$weights" = imagenet ] && { init=(--pretrained); init_words="from timm's ImageNet weights"; }
     cnns=resnet18,resnet50,densenet121,efficientnet_b0,mobilenetv2_100,mobilenetv3_large_100
     {{bin}}/cxr-edge train-all --data "$data" --size "$size" --epochs "$epochs" --backbones "$cnns" --out "$runs" --device "$device" --resume "${init[@]}"
     {{bin}}/cxr-edge train vit_base_patch16_224 --data "$data" --size "$size" --epochs "$vit_epochs" --out "$runs" --device "$device" --resume "${init[@]}"
     {{bin}}/cxr-edge export "$runs" --out "$artifacts" --formats "$formats" --precisions all --keep-going
-    {{bin}}/cxr-edge bench "$artifacts" --out "$results" --device "$device" --force --batches 1,8 --budget-s 6
+    {{bin}}/cxr-edge bench "$artifacts" --out "$results" --device "$device" --force --batches 1,8 --budget-s 6 \
+        ${threads:+--threads "$threads"}
     {{bin}}/cxr-edge gradcam "$runs" --out "$cams" --n 6
     {{bin}}/cxr-edge report "$results" --out "$doc" --contact-sheet "$cams/contact_sheet.png" \
         --recipe "just kermany $*" \

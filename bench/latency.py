@@ -5,10 +5,18 @@ logits, so on a GPU the figure includes the copies in and out and the device is 
 returned result (the CUDA device is also synchronised before each timed call). The benchmark loop
 (:mod:`bench.runner`) measures several rounds and reports how far the median of one round lies from
 another's (``spread``), so a reader can see whether a difference between two rows is larger than the
-noise. Each round is cut into short blocks (``block_s``, 0.1 s), and the blocks of every round and every
+noise. Each round is cut into short blocks (``block_s``), and the blocks of every round and every
 artifact of a backbone take turns: the speed of a shared machine drifts by tens of percent over seconds
 (measured here: the same ONNX ResNet-18 at 7.3 ms, then 12.4 ms a minute later), and a round made of
 one contiguous stretch would carry that drift into the spread and into the comparison of rows.
+
+The number of blocks is what makes two rounds agree, not their length: on the 2-core VM the median of
+one 50 ms block of MobileNet-V2 calls varied by 14-22% (coefficient of variation) from block to block,
+so a round of 10 blocks had medians up to 20% from its twin's, 30 blocks up to 9% and 60 blocks up to
+6% (one thread, 14 rows, 120 blocks a round cut into windows). A round's calls are therefore paced: after
+block ``j`` of ``B`` it has had at least ``(j + 1) / B`` of its slot's seconds and of its ``min_iters``
+calls (:meth:`LatencyConfig.quota`), so a model slower than a block still spreads its few calls over
+the whole round instead of taking them all at the start.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ class LatencyConfig:
     max_iters: int = 1000
     budget_s: float = 3.0
     rounds: int = 2
-    block_s: float = 0.1  # seconds of one block; the blocks of all rounds and artifacts take turns
+    block_s: float = 0.025  # seconds of one block; the blocks of all rounds and artifacts take turns
 
     def __post_init__(self) -> None:
         if not self.batches or any(not isinstance(b, int) or b < 1 for b in self.batches):
@@ -56,13 +64,16 @@ class LatencyConfig:
 
     @property
     def blocks(self) -> int:
-        """Blocks each (batch, round) slot is cut into: about ``slot_s / block_s``, never more than
-        ``min_iters`` (so that every block has a call)."""
-        return max(1, min(self.min_iters, round(self.slot_s / self.block_s)))
+        """Blocks each (batch, round) slot is cut into: about ``slot_s / block_s``, at least 1."""
+        return max(1, round(self.slot_s / self.block_s))
 
-    def block_iters(self) -> tuple[int, int]:
-        """Fewest and most timed calls of one block, so that a slot keeps ``min_iters``/``max_iters``."""
-        return -(-self.min_iters // self.blocks), max(1, -(-self.max_iters // self.blocks))
+    def quota(self, block: int) -> tuple[float, int, int]:
+        """What one (batch, round) slot has had by the end of block ``block`` (0-based), cumulatively: the
+        seconds of timed calls, the fewest calls and the most calls (shares of ``slot_s``, ``min_iters`` and
+        ``max_iters``); the last block's quota is the whole slot."""
+        share = (block + 1) / self.blocks
+        return self.slot_s * share, -(-self.min_iters * (block + 1) // self.blocks), \
+            -(-self.max_iters * (block + 1) // self.blocks)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -91,9 +102,16 @@ def make_batch(inputs: np.ndarray, batch: int) -> np.ndarray:
 def time_calls(fn: Callable[[], Any], budget_s: float, min_iters: int, max_iters: int,
                sync: Callable[[], None] | None = None) -> list[int]:
     """Nanoseconds of each call of ``fn``: at least ``min_iters`` calls, more until ``budget_s`` is spent."""
-    times: list[int] = []
-    deadline = time.perf_counter_ns() + int(budget_s * 1e9)
-    while len(times) < max_iters and (len(times) < min_iters or time.perf_counter_ns() < deadline):
+    return time_until(fn, [], budget_s, min_iters, max_iters, sync)
+
+
+def time_until(fn: Callable[[], Any], times: list[int], seconds: float, min_calls: int, max_calls: int,
+               sync: Callable[[], None] | None = None) -> list[int]:
+    """Append the nanoseconds of calls of ``fn`` to ``times`` until it holds ``min_calls`` calls and
+    ``seconds`` of timed calls (never more than ``max_calls``); nothing when it already does. Returns ``times``."""
+    spent = sum(times)
+    target = int(seconds * 1e9)
+    while len(times) < max_calls and (len(times) < min_calls or spent < target):
         if sync:
             sync()
         t0 = time.perf_counter_ns()
@@ -101,6 +119,7 @@ def time_calls(fn: Callable[[], Any], budget_s: float, min_iters: int, max_iters
         if sync:
             sync()
         times.append(time.perf_counter_ns() - t0)
+        spent += times[-1]
     return times
 
 

@@ -179,7 +179,8 @@ def method_text(config: BenchConfig, threads: int) -> str:
             f"against PyTorch eager FP32 of the same run. Latency: predict() on host float32 batches "
             f"{', '.join(map(str, lat.batches))}, {lat.warmup} warm-up calls per batch, then {lat.rounds} rounds, "
             f"each >= {lat.min_iters} calls or {lat.slot_s:.2f} s per batch, cut into {lat.blocks} blocks that take "
-            f"turns across the rounds and the artifacts of a backbone, timed with time.perf_counter_ns"
+            f"turns across the rounds and the artifacts of a backbone (after block j of a round it has had "
+            f"(j+1)/{lat.blocks} of its seconds and calls), timed with time.perf_counter_ns"
             f"{' with torch.cuda.synchronize()' if config.device == 'cuda' else ''}; p50/p90/p99 over all rounds, "
             f"spread = (max - min) / min of the round medians. Threads: {threads} (torch, onnxruntime intra-op, "
             f"OpenVINO INFERENCE_NUM_THREADS).")
@@ -390,25 +391,28 @@ def agreement_columns(probs: np.ndarray, reference: np.ndarray | None, auc: floa
 
 def _time_interleaved(live: list[tuple[Target, dict[str, Any], Any]], ctx: _Shared, bar, task, name: str) -> None:
     """``rounds`` rounds of ``blocks`` blocks; block ``j`` of every round and every live target is timed before
-    block ``j + 1`` of any; then each row gets its figures (percentiles over all calls, spread of round medians).
-    After a target's block the loop waits the predictor's ``settle_s`` (onnxruntime's spinning threads)."""
+    block ``j + 1`` of any, each block bringing its (batch, round) up to its quota
+    (:meth:`bench.latency.LatencyConfig.quota`); then each row gets its figures (percentiles over all calls,
+    spread of round medians). After a target's block with calls the loop waits the predictor's ``settle_s``
+    (onnxruntime's spinning threads)."""
     lat = ctx.config.latency
     times = {i: {b: [[] for _ in range(lat.rounds)] for b in lat.batches} for i in range(len(live))}
     batches = {b: latency.make_batch(ctx.inputs, b) for b in lat.batches}
-    lo, hi = lat.block_iters()
-    block_budget = lat.slot_s / lat.blocks
     for j in range(lat.blocks):
+        seconds, fewest, most = lat.quota(j)
         for r in range(lat.rounds):
             for i, (t, row, predictor) in enumerate(live):
                 if row["status"] != "ok":
                     continue
+                before = sum(len(times[i][b][r]) for b in lat.batches)
                 try:
                     for b, x in batches.items():
-                        times[i][b][r] += latency.time_calls(lambda p=predictor, x=x: p.predict(x), block_budget,
-                                                             lo, hi, t.sync)
+                        latency.time_until(lambda p=predictor, x=x: p.predict(x), times[i][b][r], seconds, fewest,
+                                           most, t.sync)
                 except Exception as err:
                     row.update(status="failed", error=_error(err, f"latency round {r + 1}, block {j + 1}"))
-                time.sleep(getattr(predictor, "settle_s", 0.0))  # threads that spin after a call (onnxruntime)
+                if sum(len(times[i][b][r]) for b in lat.batches) > before:
+                    time.sleep(getattr(predictor, "settle_s", 0.0))  # threads that spin after a call (onnxruntime)
                 _advance(bar, task, f"{name}: timing round {r + 1}/{lat.rounds}, block {j + 1}/{lat.blocks}",
                          1 / lat.blocks)
     for i, (t, row, _) in enumerate(live):

@@ -29,7 +29,7 @@ def bench(
                                         "medians.")] = 2,
     block_s: Annotated[float, typer.Option("--block-s", help="Rounds are cut into blocks of about this many seconds "
                                            "that take turns across rounds and the artifacts of a backbone, so the "
-                                           "machine's drift hits all alike.")] = 0.1,
+                                           "machine's drift hits all alike; more blocks, steadier rounds.")] = 0.025,
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for torch, onnxruntime (intra-op) "
                                                 "and OpenVINO. Default: torch's (all cores).")] = None,
     compile: Annotated[bool, typer.Option("--compile", help="Add torch.compile rows (needs a C++ compiler on CPU; "

@@ -81,11 +81,32 @@ def test_preprocess_time_of_one_image(tiny_synthetic):
     assert t["n"] == 5 and t["ms_p50"] > 0 and t["size"] == 32
 
 
-def test_blocks_cut_a_slot_but_keep_its_fewest_calls():
+def test_blocks_pace_a_slot_by_cumulative_quotas():
     lat = latency.LatencyConfig(batches=(1, 8), budget_s=2.0, rounds=2, block_s=0.1, min_iters=10, max_iters=1000)
-    assert lat.slot_s == pytest.approx(0.5) and lat.blocks == 5 and lat.block_iters() == (2, 200)
-    slow = latency.LatencyConfig(batches=(1,), budget_s=10.0, rounds=1, block_s=0.1, min_iters=4)
-    assert slow.blocks == 4 and slow.block_iters()[0] == 1  # never more blocks than min_iters
+    assert lat.slot_s == pytest.approx(0.5) and lat.blocks == 5
+    assert lat.quota(0) == (pytest.approx(0.1), 2, 200) and lat.quota(4) == (pytest.approx(0.5), 10, 1000)
     assert latency.LatencyConfig(budget_s=0.01).blocks == 1
     with pytest.raises(ValueError, match="block_s"):
         latency.LatencyConfig(block_s=0)
+
+
+def test_a_model_slower_than_a_block_spreads_its_few_calls_over_the_round():
+    """100 blocks, 4 calls: with no time to spend (a call longer than the slot) the calls fall in blocks
+    0, 25, 50 and 75 rather than all in the first."""
+    slow = latency.LatencyConfig(batches=(1,), budget_s=10.0, rounds=1, block_s=0.1, min_iters=4)
+    assert slow.blocks == 100
+    times: list[int] = []
+    called_in = []
+    for j in range(slow.blocks):
+        _, fewest, most = slow.quota(j)
+        n = len(times)
+        latency.time_until(lambda: None, times, 0.0, fewest, most)
+        called_in += [j] * (len(times) - n)
+    assert called_in == [0, 25, 50, 75]
+
+
+def test_time_until_tops_up_to_the_quota_and_never_past_the_most():
+    times = [10**9]  # one call of 1 s already: the time quota of 0.5 s is met
+    assert latency.time_until(lambda: None, times, 0.5, 1, 5) == [10**9]
+    assert len(latency.time_until(lambda: None, times, 0.5, 3, 5)) == 3  # the fewest calls still count
+    assert len(latency.time_until(lambda: None, times, 100.0, 3, 5)) == 5  # most wins over seconds

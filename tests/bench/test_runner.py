@@ -165,7 +165,7 @@ def test_timing_blocks_take_turns_across_rounds_and_targets(monkeypatch):
             return np.zeros(len(x), np.float32)
 
     lat = LatencyConfig(batches=(1, 2), warmup=0, min_iters=4, max_iters=4, budget_s=0.4, rounds=2, block_s=0.05)
-    assert lat.blocks == 2 and lat.block_iters() == (2, 2)  # 0.1 s slots of two 0.05 s blocks
+    assert lat.blocks == 2 and lat.quota(0)[1:] == (2, 2)  # 0.1 s slots of two 0.05 s blocks, 2 calls each
     live = [(Target(backbone="b", format=f, precision="fp32", device="cpu", runtime="x"), {"status": "ok"},
              Recorder(f)) for f in ("onnx", "openvino")]
     live[0][2].settle_s = 0.5
