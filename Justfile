@@ -143,10 +143,19 @@ kermany *args:
     {{bin}}/cxr-edge train-all --data "$data" --size "$size" --epochs "$epochs" --backbones "$cnns" --out "$runs" --device "$device" --resume "${init[@]}"
     {{bin}}/cxr-edge train vit_base_patch16_224 --data "$data" --size "$size" --epochs "$vit_epochs" --out "$runs" --device "$device" --resume "${init[@]}"
     {{bin}}/cxr-edge export "$runs" --out "$artifacts" --formats "$formats" --precisions all --keep-going
+    # the previous run's benchmark is kept as <results>-previous (replacing the one before it) and compared
+    if [ -f "$results/results.json" ]; then
+        rm -rf "$results-previous"; mv "$results" "$results-previous"; echo "kept the previous benchmark as $results-previous"
+    fi
     {{bin}}/cxr-edge bench "$artifacts" --out "$results" --device "$device" --force --batches 1,8 --budget-s 6 \
         ${threads:+--threads "$threads"}
+    rep=()
+    if [ -f "$results-previous/results.json" ]; then
+        {{bin}}/cxr-edge compare "$results-previous" "$results" --json "$results/reproduction.json"
+        rep=(--reproduction "$results/reproduction.json")
+    fi
     {{bin}}/cxr-edge gradcam "$runs" --out "$cams" --n 6
-    {{bin}}/cxr-edge report "$results" --out "$doc" --contact-sheet "$cams/contact_sheet.png" \
+    {{bin}}/cxr-edge report "$results" --out "$doc" --contact-sheet "$cams/contact_sheet.png" "${rep[@]}" \
         --recipe "just kermany $*" \
         --caption "All seven backbones ${init_words}, ${size} px, CNNs ${epochs} epochs and ViT-B/16 ${vit_epochs} (its compute is 10x a CNN's), batch 16, focal loss, on one patient-wise split of ${data}; benchmarked on ${device}."
     {{bin}}/cxr-edge table "$results"

@@ -101,6 +101,23 @@ def latency_repeatability(doc: dict[str, Any], bound: float = 0.10) -> str:
             f"{max(spreads):.0%}); read a difference between two rows smaller than their spread as noise.")
 
 
+def reproduction_text(rep: dict[str, Any]) -> str:
+    """A `cxr-edge compare --json` file in words: did this run reproduce the previous run of the recipe?"""
+    n = len(rep.get("rows", []))
+    if not n:
+        return f"Against the previous run of the recipe ({rep.get('a')}): no row in common."
+    text = (f"**Against the previous run of the recipe** (`{rep.get('a')}`, compared by `cxr-edge compare`): "
+            f"{rep.get('accuracy_identical')} of {n} rows have identical test accuracy figures")
+    for s in rep.get("summary", []):
+        if s.get("n"):
+            text += (f"; p50 at batch {s['batch']}: {s['within_spread']} of {s['n']} rows moved by no more than their "
+                     f"stated spread and {s['within_bound']} within {s['bound']:.0%} (median change "
+                     f"{s['median_change']:.1%}, largest {s['largest_change']:.0%}, {s['largest_row']})")
+    if rep.get("differences"):
+        text += "; settings that differ: " + "; ".join(rep["differences"])
+    return text + "."
+
+
 def paper_section(doc: dict[str, Any]) -> list[str]:
     rows = {r["backbone"]: r for r in doc["rows"] if r.get("format") == "pytorch" and r.get("precision") == "fp32"
             and r.get("status") == "ok"}
@@ -172,7 +189,7 @@ def fidelity_section(fid: dict[str, Any]) -> list[str]:
 
 def write_results_doc(results_dir: str | Path, out: str | Path, *, recipe: str, contact_sheet: str | Path | None = None,
                       fidelity: str | Path | None = None, title: str = "Results on the Kermany chest X-rays",
-                      caption: str = "") -> Path:
+                      caption: str = "", reproduction: str | Path | None = None) -> Path:
     """Write ``out`` (Markdown) and copy the result files to ``<out's folder>/results/<results_dir name>/``."""
     results_dir, out = Path(results_dir), Path(out)
     doc = _load(results_dir / "results.json")
@@ -194,6 +211,11 @@ def write_results_doc(results_dir: str | Path, out: str | Path, *, recipe: str, 
         fid = _load(Path(fidelity))
         io.write_atomic(assets / "fidelity.json", lambda p: shutil.copyfile(fidelity, p))
         fid_md = fidelity_section(fid) + [""]
+    rep_md = []
+    if reproduction:
+        rep = _load(Path(reproduction))
+        io.write_atomic(assets / "reproduction.json", lambda p: shutil.copyfile(reproduction, p))
+        rep_md = ["- " + reproduction_text(rep) + f" Per row: [`{rel}/reproduction.json`]({rel}/reproduction.json)."]
     runs = _runs(doc)
     env = doc.get("environment", {})
     split_hashes = sorted({info.get("split_hash") for info in doc.get("backbones", {}).values() if info.get("split_hash")})
@@ -223,6 +245,7 @@ def write_results_doc(results_dir: str | Path, out: str | Path, *, recipe: str, 
              "## Reproduce", "",
              f"- This page: `{recipe}` (2 CPU cores, a few hours; resumable: finished runs and artifacts are kept). "
              "Training is seeded (seed 42), so the accuracy figures should repeat. " + latency_repeatability(doc),
+             ] + rep_md + [
              "- The GPU variant, as the paper ran it: `just kermany size=224 epochs=10 vit_epochs=10 device=cuda "
              "weights=imagenet doc=docs/RESULTS-gpu.md` (ImageNet weights from timm's hub, so that machine needs to "
              "reach it; `cxr-edge train BACKBONE --weights FILE` takes a local file per backbone instead).", "",

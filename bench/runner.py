@@ -390,33 +390,17 @@ def agreement_columns(probs: np.ndarray, reference: np.ndarray | None, auc: floa
 
 
 def _time_interleaved(live: list[tuple[Target, dict[str, Any], Any]], ctx: _Shared, bar, task, name: str) -> None:
-    """``rounds`` rounds of ``blocks`` blocks; block ``j`` of every round and every live target is timed before
-    block ``j + 1`` of any, each block bringing its (batch, round) up to its quota
-    (:meth:`bench.latency.LatencyConfig.quota`); then each row gets its figures (percentiles over all calls,
-    spread of round medians). After a target's block with calls the loop waits the predictor's ``settle_s``
-    (onnxruntime's spinning threads)."""
+    """Time the live targets in turns (:func:`bench.latency.time_interleaved`), then give each row its figures
+    (percentiles over all calls, spread of the round medians); a target that raised becomes a failed row."""
     lat = ctx.config.latency
-    times = {i: {b: [[] for _ in range(lat.rounds)] for b in lat.batches} for i in range(len(live))}
-    batches = {b: latency.make_batch(ctx.inputs, b) for b in lat.batches}
-    for j in range(lat.blocks):
-        seconds, fewest, most = lat.quota(j)
-        for r in range(lat.rounds):
-            for i, (t, row, predictor) in enumerate(live):
-                if row["status"] != "ok":
-                    continue
-                before = sum(len(times[i][b][r]) for b in lat.batches)
-                try:
-                    for b, x in batches.items():
-                        latency.time_until(lambda p=predictor, x=x: p.predict(x), times[i][b][r], seconds, fewest,
-                                           most, t.sync)
-                except Exception as err:
-                    row.update(status="failed", error=_error(err, f"latency round {r + 1}, block {j + 1}"))
-                if sum(len(times[i][b][r]) for b in lat.batches) > before:
-                    time.sleep(getattr(predictor, "settle_s", 0.0))  # threads that spin after a call (onnxruntime)
-                _advance(bar, task, f"{name}: timing round {r + 1}/{lat.rounds}, block {j + 1}/{lat.blocks}",
-                         1 / lat.blocks)
+
+    def turn(j: int, r: int, i: int) -> None:
+        _advance(bar, task, f"{name}: timing round {r + 1}/{lat.rounds}, block {j + 1}/{lat.blocks}", 1 / lat.blocks)
+
+    times, errors = latency.time_interleaved([(p, t.sync) for t, _, p in live], ctx.inputs, lat, turn)
     for i, (t, row, _) in enumerate(live):
-        if row["status"] != "ok":
+        if i in errors:
+            row.update(status="failed", error=_error(*errors[i]))
             continue
         for b in lat.batches:
             rounds = times[i][b]

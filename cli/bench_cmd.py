@@ -137,3 +137,55 @@ def recommend(
         out.print(line, highlight=False, markup=False)
     if rec.best is None:
         raise typer.Exit(1)
+
+
+@friendly
+def compare(
+    first: Annotated[Path, typer.Argument(help="Results folder (or results.json) of the earlier benchmark.")],
+    second: Annotated[Path, typer.Argument(help="Results folder (or results.json) of the later benchmark.")],
+    bound: Annotated[float, typer.Option("--bound", help="A latency change counted as small, as a fraction "
+                                         "(0.10 = 10%).")] = 0.10,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the comparison here (JSON), "
+                                                     "e.g. for `cxr-edge report --reproduction`.")] = None,
+    fail: Annotated[bool, typer.Option("--fail/--no-fail", help="Exit with status 1 when an accuracy figure "
+                                       "changed or a p50 changed by more than its stated spread and --bound.")]
+    = False,
+) -> None:
+    """Does a second benchmark of the same artifacts reproduce the first? Per row: the change of the test
+    accuracy figures and of p50 latency at each batch size, against the spread the runs stated."""
+    from rich.table import Table
+
+    from bench.compare import compare as compare_docs
+    from bench.compare import summary_lines
+    from bench.runner import read_results
+    from core import io
+
+    if not 0 < bound < 10:
+        raise ValueError(f"--bound {bound} must be a fraction such as 0.10 (10%)")
+    cmp = compare_docs(read_results(first), read_results(second), str(first), str(second))
+    table = Table(title=f"{first} -> {second}")
+    table.add_column("Row")
+    table.add_column("max |Δ| accuracy", justify="right")
+    for n in cmp.batches:
+        table.add_column(f"b{n} p50 ms", justify="right")
+        table.add_column(f"b{n} change (spread)", justify="right")
+    for r in cmp.rows:
+        cells = [r["row"], "n/a" if r["accuracy_max_change"] is None else f"{r['accuracy_max_change']:.4f}"]
+        for n in cmp.batches:
+            if f"b{n}_change" not in r:
+                cells += ["", ""]
+                continue
+            spread = "n/a" if r[f"b{n}_spread"] is None else f"{r[f'b{n}_spread']:.0%}"
+            mark = "" if r[f"b{n}_within_spread"] or r[f"b{n}_change"] <= bound else " [red]!"
+            cells += [f"{r[f'b{n}_p50_a']:.2f} -> {r[f'b{n}_p50_b']:.2f}", f"{r[f'b{n}_change']:.0%} ({spread}){mark}"]
+        table.add_row(*cells)
+    out.print(table)
+    for line in summary_lines(cmp, bound):
+        out.print(line, highlight=False, markup=False)
+    if json_out:
+        io.write_json(json_out, io.json_safe(cmp.to_dict(bound)))
+        out.print(f"wrote {json_out}")
+    bad = [r for r in cmp.rows if (r["accuracy_max_change"] or 0) > 0 or any(
+        f"b{n}_change" in r and not r[f"b{n}_within_spread"] and r[f"b{n}_change"] > bound for n in cmp.batches)]
+    if fail and bad:
+        raise typer.Exit(1)

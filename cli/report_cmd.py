@@ -22,6 +22,8 @@ def report(
                                                            "(`cxr-edge gradcam`).")] = None,
     fidelity: Annotated[Optional[Path], typer.Option("--fidelity", help="The JSON written by `cxr-edge fidelity`.")
                         ] = None,
+    reproduction: Annotated[Optional[Path], typer.Option("--reproduction", help="`cxr-edge compare --json` of the "
+                                                         "previous run of the recipe against this one.")] = None,
     title: Annotated[str, typer.Option("--title", help="The document's title.")] = "Results on the Kermany chest X-rays",
     caption: Annotated[str, typer.Option("--caption", help="How the runs were made (size, epochs, init), in words.")
                        ] = "",
@@ -31,5 +33,5 @@ def report(
     from bench.publish import write_results_doc
 
     path = write_results_doc(results, out_file, recipe=recipe, contact_sheet=contact_sheet, fidelity=fidelity,
-                             title=title, caption=caption)
+                             title=title, caption=caption, reproduction=reproduction)
     out.print(f"wrote {path}")

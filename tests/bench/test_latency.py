@@ -110,3 +110,26 @@ def test_time_until_tops_up_to_the_quota_and_never_past_the_most():
     assert latency.time_until(lambda: None, times, 0.5, 1, 5) == [10**9]
     assert len(latency.time_until(lambda: None, times, 0.5, 3, 5)) == 3  # the fewest calls still count
     assert len(latency.time_until(lambda: None, times, 100.0, 3, 5)) == 5  # most wins over seconds
+
+
+def test_a_predictor_that_raises_is_reported_and_not_timed_further():
+    class Flaky:
+        calls = 0
+
+        def predict(self, x):
+            self.calls += 1
+            if self.calls == 3:
+                raise RuntimeError("device lost")
+            return x
+
+    class Steady:
+        def predict(self, x):
+            return x
+
+    lat = latency.LatencyConfig(batches=(1,), warmup=0, min_iters=4, max_iters=4, budget_s=0.4, rounds=2, block_s=0.1)
+    flaky, turns = Flaky(), []
+    times, errors = latency.time_interleaved([(flaky, None), (Steady(), None)], np.zeros((2, 1, 4, 4), np.float32),
+                                             lat, on_turn=lambda j, r, i: turns.append((j, r, i)))
+    assert list(errors) == [0] and "device lost" in str(errors[0][0]) and errors[0][1] == "latency round 2, block 1"
+    assert flaky.calls == 3 and [len(x) for x in times[1][1]] == [4, 4]  # the other one keeps its full rounds
+    assert turns[:4] == [(0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1)] and turns[4:] == [(1, 0, 1), (1, 1, 1)]

@@ -24,8 +24,14 @@ def test_results_doc_quotes_the_result_files(results_dir, tmp_path):
     sheet.write_bytes((results_dir / "pareto.png").read_bytes())
     fid = tmp_path / "fidelity.json"
     fid.write_text(json.dumps({"rows": [{"backbone": "resnet18", "pointing_game": 0.875, "sanity_ok": True}]}))
+    rep = tmp_path / "reproduction.json"
+    rep.write_text(json.dumps({"a": "results/kermany-previous", "rows": [{}], "accuracy_identical": 1, "summary": [
+        {"batch": 1, "n": 1, "bound": 0.1, "within_spread": 1, "within_bound": 1, "median_change": 0.012,
+         "largest_change": 0.012, "largest_row": "resnet18 onnx fp32 cpu"}], "differences": []}))
     md = publish.write_results_doc(results_dir, tmp_path / "docs" / "RESULTS.md", recipe="just kermany",
-                                   contact_sheet=sheet, fidelity=fid, caption="tiny test run").read_text()
+                                   contact_sheet=sheet, fidelity=fid, caption="tiny test run",
+                                   reproduction=rep).read_text()
+    assert "(`results/kermany-previous`" in md and "p50 at batch 1: 1 of 1 rows moved by no more than" in md
     doc = json.loads((results_dir / "results.json").read_text())
     eager = next(r for r in doc["rows"] if r["format"] == "pytorch")
     assert f"{eager['roc_auc']:.3f} ({eager['roc_auc_lo']:.3f}-{eager['roc_auc_hi']:.3f})" in md
@@ -33,7 +39,7 @@ def test_results_doc_quotes_the_result_files(results_dir, tmp_path):
     assert "0.875" in md and "tiny test run" in md and "`just kermany`" in md
     assert "## Reproduce" in md and "size=224" in md  # the GPU variant stands beside the CPU recipe
     assets = tmp_path / "docs" / "results" / "tiny"
-    for name in ("results.json", "table.csv", "pareto.png", "contact_sheet.png", "fidelity.json"):
+    for name in ("results.json", "table.csv", "pareto.png", "contact_sheet.png", "fidelity.json", "reproduction.json"):
         assert (assets / name).is_file(), name
     assert "](results/tiny/pareto.png)" in md
 

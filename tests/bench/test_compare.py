@@ -1,0 +1,68 @@
+"""`cxr-edge compare`: two benchmarks of the same artifacts, row by row, against the spread they stated."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from bench import compare, publish, runner
+from cli.main import app
+
+
+def _row(fmt, p50, spread, auc=0.95, status="ok"):
+    return {"backbone": "resnet18", "format": fmt, "precision": "fp32", "device": "cpu", "runtime": "rt",
+            "status": status, "roc_auc": auc, "sensitivity": 0.9, "b1_p50_ms": p50, "b1_spread": spread,
+            "b8_p50_ms": 8 * p50, "b8_spread": spread}
+
+
+def _doc(rows, threads=1):
+    return {"format": runner.RESULTS_FORMAT, "rows": rows,
+            "environment": {"settings": {"threads_used": threads, "device": "cpu"}, "cpu": {"model": "x"},
+                            "versions": {"torch": "2"}}}
+
+
+A = _doc([_row("onnx", 10.0, 0.06), _row("openvino", 10.0, 0.05), _row("tflite", 1.0, 0.0),
+          _row("coreml", 1.0, 0.0, status="failed")])
+B = _doc([_row("onnx", 10.5, 0.02), _row("openvino", 13.0, 0.01, auc=0.951), _row("coreml", 1.0, 0.0)], threads=2)
+
+
+def test_a_change_inside_the_stated_spread_reproduces_and_one_outside_does_not():
+    cmp = compare.compare(A, B, "first", "second")
+    rows = {r["row"].split()[1]: r for r in cmp.rows}
+    assert set(rows) == {"onnx", "openvino"}  # only ok rows present in both
+    assert rows["onnx"]["b1_change"] == pytest.approx(0.05) and rows["onnx"]["b1_spread"] == 0.06  # larger spread
+    assert rows["onnx"]["b1_within_spread"] and not rows["openvino"]["b1_within_spread"]
+    assert rows["openvino"]["b1_change"] == pytest.approx(0.3)
+    assert rows["onnx"]["accuracy_max_change"] == 0 and rows["openvino"]["accuracy_max_change"] == pytest.approx(0.001)
+    assert cmp.only_a == ["resnet18 tflite fp32 cpu (rt)"] and cmp.only_b == ["resnet18 coreml fp32 cpu (rt)"]
+    assert cmp.differences == ["setting threads_used: 1 -> 2"]
+    s = cmp.summary(1, 0.10)
+    assert (s["n"], s["within_spread"], s["within_bound"]) == (2, 1, 1)
+    assert s["largest_row"].startswith("resnet18 openvino") and cmp.batches == [1, 8]
+    text = " ".join(compare.summary_lines(cmp))
+    assert "1 of 2 rows have identical test figures" in text and "threads_used: 1 -> 2" in text
+
+
+def test_relative_change_is_the_spread_formula():
+    assert compare.relative_change(10, 12) == pytest.approx(0.2) == compare.relative_change(12, 10)
+    assert compare.relative_change(0, 1) is None and compare.relative_change(None, 1) is None
+
+
+def test_cli_writes_json_fails_on_request_and_the_report_quotes_it(tmp_path):
+    for name, doc in (("a", A), ("b", B)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(doc))
+    cli = CliRunner()
+    r = cli.invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--json", str(tmp_path / "c.json")])
+    assert r.exit_code == 0, r.output
+    assert "1 of 2 rows changed by no more than the spread" in " ".join(r.output.split())
+    rep = json.loads((tmp_path / "c.json").read_text())
+    assert rep["summary"][0]["within_spread"] == 1 and rep["accuracy_identical"] == 1
+    assert cli.invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--fail"]).exit_code == 1
+    assert cli.invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "a"), "--fail"]).exit_code == 0
+    text = publish.reproduction_text(rep)
+    assert "1 of 2 rows have identical test accuracy" in text and "p50 at batch 1: 1 of 2 rows" in text
+    r = cli.invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "missing")])
+    assert r.exit_code == 2 and "does not exist" in r.output
