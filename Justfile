@@ -156,7 +156,7 @@ kermany *args:
     fi
     {{bin}}/cxr-edge gradcam "$runs" --out "$cams" --n 6
     {{bin}}/cxr-edge report "$results" --out "$doc" --contact-sheet "$cams/contact_sheet.png" "${rep[@]}" \
-        --recipe "just kermany $*" \
+        --recipe "just kermany${*:+ $*}" \
         --caption "All seven backbones ${init_words}, ${size} px, CNNs ${epochs} epochs and ViT-B/16 ${vit_epochs} (its compute is 10x a CNN's), batch 16, focal loss, on one patient-wise split of ${data}; benchmarked on ${device}."
     {{bin}}/cxr-edge table "$results"
 
