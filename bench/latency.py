@@ -123,10 +123,10 @@ def time_until(fn: Callable[[], Any], times: list[int], seconds: float, min_call
     return times
 
 
-def time_interleaved(predictors: list[tuple[Any, Callable[[], None] | None]], inputs: np.ndarray,
-                     lat: LatencyConfig, on_turn: Callable[[int, int, int], None] | None = None,
+def time_interleaved(predictors: list[tuple[Any, Callable[[], None] | None, np.ndarray]], lat: LatencyConfig,
+                     on_turn: Callable[[int, int, int], None] | None = None,
                      ) -> tuple[list[dict[int, list[list[int]]]], dict[int, tuple[BaseException, str]]]:
-    """Time each ``(predictor, sync)`` in ``lat.rounds`` rounds of ``lat.blocks`` blocks: block ``j`` of every
+    """Time each ``(predictor, sync, inputs)`` (batches are made from its own ``inputs``) in ``lat.rounds`` rounds of ``lat.blocks`` blocks: block ``j`` of every
     round and predictor before block ``j + 1`` of any, each block bringing its (batch, round) up to its
     :meth:`LatencyConfig.quota`. After a predictor's block with calls, wait its ``settle_s`` (onnxruntime's
     spinning threads). ``on_turn(block, round, index)`` follows every turn (a progress bar).
@@ -135,16 +135,16 @@ def time_interleaved(predictors: list[tuple[Any, Callable[[], None] | None]], in
     where)}`` for predictors that raised (they are not timed further)."""
     times = [{b: [[] for _ in range(lat.rounds)] for b in lat.batches} for _ in predictors]
     errors: dict[int, tuple[BaseException, str]] = {}
-    batches = {b: make_batch(inputs, b) for b in lat.batches}
+    batches = [{b: make_batch(inputs, b) for b in lat.batches} for _, _, inputs in predictors]
     for j in range(lat.blocks):
         seconds, fewest, most = lat.quota(j)
         for r in range(lat.rounds):
-            for i, (predictor, sync) in enumerate(predictors):
+            for i, (predictor, sync, _) in enumerate(predictors):
                 if i in errors:
                     continue
                 before = sum(len(times[i][b][r]) for b in lat.batches)
                 try:
-                    for b, x in batches.items():
+                    for b, x in batches[i].items():
                         time_until(lambda p=predictor, x=x: p.predict(x), times[i][b][r], seconds, fewest, most, sync)
                 except Exception as err:
                     errors[i] = (err, f"latency round {r + 1}, block {j + 1}")

@@ -39,6 +39,10 @@ RESULTS = "results.json"
 RESULTS_FORMAT = "cxr-edge-bench/1"
 # core.metrics names whose column would clash with a row's identity ("precision" is fp32/fp16/int8 here).
 METRIC_COLUMNS = {"precision": "ppv"}
+# "all": every artifact of every backbone is loaded, then all are timed in turns, so rows of different backbones
+# share the same minutes of the machine; "backbone": each backbone's artifacts are timed in turns and unloaded
+# before the next backbone (less memory, but the machine's drift between backbones goes into their comparison).
+INTERLEAVE = ("all", "backbone")
 
 
 @dataclass(frozen=True)
@@ -54,12 +58,15 @@ class BenchConfig:
     accuracy_batch: int = 32
     backbones: tuple[str, ...] = ()  # only these (empty: all in the manifest)
     runs_dir: str | None = None  # find runs as <runs_dir>/<backbone> instead of the manifest's source_run
+    interleave: str = "all"  # timing turns across all artifacts ("all") or within each backbone ("backbone")
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise ValueError(f"device {self.device!r} is not known; choose one of {', '.join(DEVICES)}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads={self.threads} must be >= 1 (or leave it unset for all cores)")
+        if self.interleave not in INTERLEAVE:
+            raise ValueError(f"interleave={self.interleave!r} must be one of {', '.join(INTERLEAVE)}")
         if self.n_boot < 1:
             raise ValueError(f"n_boot={self.n_boot} must be >= 1 (1000 is usual)")
         if self.device == "cuda":
@@ -158,13 +165,22 @@ def bench_artifacts(artifacts_dir: str | Path, config: BenchConfig, progress: bo
         "method": method_text(config, threads), "backbones": {}, "rows": [],
     }
     t0 = time.perf_counter()
+    waiting: list[tuple[Target, dict[str, Any], Any, np.ndarray]] = []
     with _progress(progress, console) as bar:
         for name, recs in groups.items():
-            rows, info = bench_backbone(name, recs, artifacts_dir, config, threads, bar)
+            rows, info, live = bench_backbone(name, recs, artifacts_dir, config, threads, bar)
             doc["rows"] += rows
             doc["backbones"][name] = info
+            waiting += live
+            del live
+            if config.interleave == "backbone":
+                _time_interleaved(waiting, config, bar, name)
+                waiting = []
             if on_backbone:
                 on_backbone(doc)
+        if waiting:
+            _time_interleaved(waiting, config, bar, f"all {len(groups)} backbones")
+            waiting = []
     from bench.report import mark_pareto
 
     mark_pareto(doc["rows"])
@@ -179,7 +195,7 @@ def method_text(config: BenchConfig, threads: int) -> str:
             f"against PyTorch eager FP32 of the same run. Latency: predict() on host float32 batches "
             f"{', '.join(map(str, lat.batches))}, {lat.warmup} warm-up calls per batch, then {lat.rounds} rounds, "
             f"each >= {lat.min_iters} calls or {lat.slot_s:.2f} s per batch, cut into {lat.blocks} blocks that take "
-            f"turns across the rounds and the artifacts of a backbone (after block j of a round it has had "
+            f"turns across the rounds and {'all artifacts of all backbones' if config.interleave == 'all' else 'the artifacts of a backbone'} (after block j of a round it has had "
             f"(j+1)/{lat.blocks} of its seconds and calls), timed with time.perf_counter_ns"
             f"{' with torch.cuda.synchronize()' if config.device == 'cuda' else ''}; p50/p90/p99 over all rounds, "
             f"spread = (max - min) / min of the round medians. Threads: {threads} (torch, onnxruntime intra-op, "
@@ -187,8 +203,9 @@ def method_text(config: BenchConfig, threads: int) -> str:
 
 
 def bench_backbone(name: str, records: list[dict[str, Any]], artifacts_dir: Path, config: BenchConfig,
-                   threads: int, bar=None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """All rows of one backbone (PyTorch rows first, then the manifest's records in order), and its facts."""
+                   threads: int, bar=None) -> tuple[list[dict[str, Any]], dict[str, Any], list[tuple]]:
+    """All rows of one backbone (PyTorch rows first, then the manifest's records in order) scored but not yet
+    timed, its facts, and the loaded targets to time: ``(target, row, predictor, inputs)``."""
     info: dict[str, Any] = {}
     task = bar.add_task(name, total=None) if bar is not None else None
     try:
@@ -201,13 +218,13 @@ def bench_backbone(name: str, records: list[dict[str, Any]], artifacts_dir: Path
                 [eager] + [t for r in records for t in artifact_targets(r, artifacts_dir, config.device, threads)]]
         if bar is not None:
             bar.update(task, total=1, completed=1, description=f"{name} [red]failed")
-        return rows, info
+        return rows, info, []
     weights = Path(run.path) / "model.safetensors"
     targets = torch_targets(name, model, config.device, config.compile, weights.stat().st_size, str(weights))
     for r in records:
         targets += artifact_targets(r, artifacts_dir, config.device, threads)
     if bar is not None:
-        bar.update(task, total=len(targets) * (1 + config.latency.rounds))
+        bar.update(task, total=len(targets))
     ctx = _Shared(run=run, model=model, inputs=run.preprocess.normalize(test.images), labels=test.labels,
                   threshold=run.threshold, info=info, config=config, threads=threads)
     rows, live = [], []
@@ -215,16 +232,9 @@ def bench_backbone(name: str, records: list[dict[str, Any]], artifacts_dir: Path
         row, predictor = _load_and_score(t, ctx)
         rows.append(row)
         if predictor is not None:
-            live.append((t, row, predictor))
+            live.append((t, row, predictor, ctx.inputs))
         _advance(bar, task, f"{name}: {t.format} {t.precision} {t.runtime}")
-    _time_interleaved(live, ctx, bar, task, name)
-    del live
-    gc.collect()
-    if config.device == "cuda":
-        import torch
-
-        torch.cuda.empty_cache()
-    return rows, info
+    return rows, info, live
 
 
 @dataclass
@@ -389,16 +399,20 @@ def agreement_columns(probs: np.ndarray, reference: np.ndarray | None, auc: floa
             "auc_change": None if reference_auc is None else float(auc - reference_auc)}
 
 
-def _time_interleaved(live: list[tuple[Target, dict[str, Any], Any]], ctx: _Shared, bar, task, name: str) -> None:
-    """Time the live targets in turns (:func:`bench.latency.time_interleaved`), then give each row its figures
-    (percentiles over all calls, spread of the round medians); a target that raised becomes a failed row."""
-    lat = ctx.config.latency
+def _time_interleaved(live: list[tuple[Target, dict[str, Any], Any, np.ndarray]], config: BenchConfig, bar,
+                      label: str) -> None:
+    """Time the live targets in turns (:func:`bench.latency.time_interleaved`), give each row its figures
+    (percentiles over all calls, spread of the round medians; a target that raised becomes a failed row),
+    then release the predictors."""
+    lat = config.latency
+    task = bar.add_task(f"timing {label}", total=len(live) * lat.rounds) if bar is not None else None
 
     def turn(j: int, r: int, i: int) -> None:
-        _advance(bar, task, f"{name}: timing round {r + 1}/{lat.rounds}, block {j + 1}/{lat.blocks}", 1 / lat.blocks)
+        _advance(bar, task, f"timing {label}: round {r + 1}/{lat.rounds}, block {j + 1}/{lat.blocks}",
+                 1 / lat.blocks)
 
-    times, errors = latency.time_interleaved([(p, t.sync) for t, _, p in live], ctx.inputs, lat, turn)
-    for i, (t, row, _) in enumerate(live):
+    times, errors = latency.time_interleaved([(p, t.sync, x) for t, _, p, x in live], lat, turn)
+    for i, (t, row, _, _) in enumerate(live):
         if i in errors:
             row.update(status="failed", error=_error(*errors[i]))
             continue
@@ -407,6 +421,12 @@ def _time_interleaved(live: list[tuple[Target, dict[str, Any], Any]], ctx: _Shar
             pooled = [ns for one in rounds for ns in one]
             p50s = [float(np.median(one)) / 1e6 for one in rounds]
             row.update(latency.flat(b, latency.summarize(pooled, b), p50s))
+    live.clear()
+    gc.collect()
+    if config.device == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
 
 
 def _advance(bar, task, description: str, advance: float = 1) -> None:

@@ -30,6 +30,10 @@ def bench(
     block_s: Annotated[float, typer.Option("--block-s", help="Rounds are cut into blocks of about this many seconds "
                                            "that take turns across rounds and the artifacts of a backbone, so the "
                                            "machine's drift hits all alike; more blocks, steadier rounds.")] = 0.025,
+    interleave: Annotated[str, typer.Option("--interleave", help="all: load every artifact, then time all in "
+                                            "turns, so rows of different backbones share the machine's minutes; "
+                                            "backbone: time each backbone's artifacts before loading the next "
+                                            "(less memory).")] = "all",
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for torch, onnxruntime (intra-op) "
                                                 "and OpenVINO. Default: torch's (all cores).")] = None,
     compile: Annotated[bool, typer.Option("--compile", help="Add torch.compile rows (needs a C++ compiler on CPU; "
@@ -65,7 +69,7 @@ def bench(
                                                max_iters=max(1000, min_iters), budget_s=budget_s, rounds=rounds,
                                                block_s=block_s),
                          backbones=tuple(b.strip() for b in backbones.split(",") if b.strip()) if backbones else (),
-                         runs_dir=str(runs) if runs else None)
+                         runs_dir=str(runs) if runs else None, interleave=interleave)
     out_dir = out_dir or Path("results") / device
     check_out(out_dir, force)
     hook = fidelity_hook.explanation_fidelity

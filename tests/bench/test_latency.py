@@ -128,8 +128,9 @@ def test_a_predictor_that_raises_is_reported_and_not_timed_further():
 
     lat = latency.LatencyConfig(batches=(1,), warmup=0, min_iters=4, max_iters=4, budget_s=0.4, rounds=2, block_s=0.1)
     flaky, turns = Flaky(), []
-    times, errors = latency.time_interleaved([(flaky, None), (Steady(), None)], np.zeros((2, 1, 4, 4), np.float32),
-                                             lat, on_turn=lambda j, r, i: turns.append((j, r, i)))
+    x = np.zeros((2, 1, 4, 4), np.float32)
+    times, errors = latency.time_interleaved([(flaky, None, x), (Steady(), None, x)], lat,
+                                             on_turn=lambda j, r, i: turns.append((j, r, i)))
     assert list(errors) == [0] and "device lost" in str(errors[0][0]) and errors[0][1] == "latency round 2, block 1"
     assert flaky.calls == 3 and [len(x) for x in times[1][1]] == [4, 4]  # the other one keeps its full rounds
     assert turns[:4] == [(0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1)] and turns[4:] == [(1, 0, 1), (1, 1, 1)]

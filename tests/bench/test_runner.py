@@ -132,7 +132,8 @@ def test_a_missing_run_fails_its_rows_and_the_loop_goes_on(clean_artifacts, tmp_
 
 
 @pytest.mark.parametrize("kwargs, message", [({"device": "tpu"}, "device 'tpu' is not known"),
-                                             ({"threads": 0}, "threads=0"), ({"n_boot": 0}, "n_boot=0")])
+                                             ({"threads": 0}, "threads=0"), ({"n_boot": 0}, "n_boot=0"),
+                                             ({"interleave": "never"}, "interleave='never'")])
 def test_bad_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         runner.BenchConfig(**kwargs)
@@ -166,17 +167,45 @@ def test_timing_blocks_take_turns_across_rounds_and_targets(monkeypatch):
 
     lat = LatencyConfig(batches=(1, 2), warmup=0, min_iters=4, max_iters=4, budget_s=0.4, rounds=2, block_s=0.05)
     assert lat.blocks == 2 and lat.quota(0)[1:] == (2, 2)  # 0.1 s slots of two 0.05 s blocks, 2 calls each
+    x = np.zeros((3, 1, 4, 4), np.float32)
     live = [(Target(backbone="b", format=f, precision="fp32", device="cpu", runtime="x"), {"status": "ok"},
-             Recorder(f)) for f in ("onnx", "openvino")]
+             Recorder(f), x) for f in ("onnx", "openvino")]
+    rows = [r for _, r, _, _ in live]
     live[0][2].settle_s = 0.5
     sleeps: list[float] = []
     monkeypatch.setattr(runner.time, "sleep", sleeps.append)
-    ctx = runner._Shared(run=None, model=None, inputs=np.zeros((3, 1, 4, 4), np.float32), labels=np.zeros(3),
-                         threshold=0.5, info={}, config=runner.BenchConfig(latency=lat), threads=1)
-    runner._time_interleaved(live, ctx, None, None, "b")
+    runner._time_interleaved(live, runner.BenchConfig(latency=lat), None, "b")
     # per block: a target times batch 1 twice, then batch 2 twice; the order of targets repeats per round
     one_block = [(f, b) for f in ("onnx", "openvino") for b in (1, 1, 2, 2)]
     assert calls == one_block * 4  # 2 blocks x 2 rounds
     assert sleeps == [0.5, 0.0] * 4
-    row = live[0][1]
+    row = rows[0]
     assert row["b1_iters"] == 8 and row["b2_iters"] == 8 and row["b1_spread"] is not None
+    assert live == []  # the predictors are released once timed
+
+
+@pytest.mark.parametrize("interleave, expected", [("all", [("all 2 backbones", 2)]),
+                                                  ("backbone", [("b1", 1), ("b2", 1)])])
+def test_timing_takes_turns_across_backbones_unless_asked_per_backbone(tmp_path, monkeypatch, interleave, expected):
+    """By default every backbone's artifacts are loaded and scored first, then timed together, so that rows of
+    different backbones share the machine's minutes; ``interleave="backbone"`` times each before the next."""
+    import export.manifest
+    from bench.backends import Target
+
+    (tmp_path / export.manifest.MANIFEST).write_text("{}")
+    monkeypatch.setattr(export.manifest, "read_manifest", lambda d: [{"backbone": "b1"}, {"backbone": "b2"}])
+    events: list = []
+
+    def fake_backbone(name, records, artifacts_dir, config, threads, bar):
+        events.append(("scored", name))
+        row = {"backbone": name, "status": "ok", "device": "cpu"}
+        t = Target(backbone=name, format="onnx", precision="fp32", device="cpu", runtime="x")
+        return [row], {}, [(t, row, object(), np.zeros((1, 1, 4, 4), np.float32))]
+
+    monkeypatch.setattr(runner, "bench_backbone", fake_backbone)
+    monkeypatch.setattr(runner, "_time_interleaved", lambda live, config, bar, label: events.append((label, len(live))))
+    doc = runner.bench_artifacts(tmp_path, runner.BenchConfig(interleave=interleave), progress=False)
+    timed = [e for e in events if e[0] != "scored"]
+    assert timed == expected and len(doc["rows"]) == 2
+    if interleave == "all":
+        assert events.index(("scored", "b2")) < events.index(timed[0])  # both scored before any timing
