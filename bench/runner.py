@@ -454,20 +454,12 @@ def check_out(out_dir: str | Path, force: bool) -> None:
 
 def read_results(path: str | Path) -> dict[str, Any]:
     """results.json of a results folder (or the file itself), checked."""
-    import json
-
     path = Path(path)
     if path.is_dir():
         path = path / RESULTS
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; run `cxr-edge bench ARTIFACTS --out {path.parent}` first")
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); run the benchmark again with --force") from None
-    if not isinstance(doc, dict) or doc.get("format") != RESULTS_FORMAT:
-        raise ValueError(f"{path} is not a {RESULTS_FORMAT} results file")
-    return doc
+    return io.read_format_json(path, RESULTS_FORMAT, "run the benchmark again with --force")
 
 
 def write_results(out_dir: str | Path, doc: dict[str, Any]) -> Path:

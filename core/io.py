@@ -52,6 +52,19 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return write_atomic(path, lambda p: p.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n"))
 
 
+def read_format_json(path: str | Path, fmt: str, fix: str, error: type[Exception] = ValueError) -> dict[str, Any]:
+    """The JSON object in ``path``, checked to carry ``"format": fmt``; otherwise ``error`` naming the file and
+    ``fix`` (what the user should do). The caller checks that the file exists (each has its own answer)."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise error(f"{path} is not valid JSON ({err}); {fix}") from None
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        raise error(f"{path} is not a {fmt} file; {fix}")
+    return doc
+
+
 def append_jsonl(path: str | Path, obj: Any) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(obj, default=_jsonable) + "\n")

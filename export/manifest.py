@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +16,8 @@ def read_manifest(out_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(out_dir) / MANIFEST
     if not path.exists():
         return []
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ExportError(f"{path} is not valid JSON ({err}); move it away and export again") from err
-    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
-        raise ExportError(f"{path} is not a {MANIFEST_FORMAT} manifest; move it away or choose another --out")
+    data = io.read_format_json(path, MANIFEST_FORMAT, "move it away and export again, or choose another --out",
+                               ExportError)
     return list(data.get("artifacts", []))
 
 
