@@ -10,12 +10,18 @@ runtime) and reports per row
   a change inside it is what the runs said to expect, one outside it is drift between the runs that the
   rounds within one run did not see.
 
+Latency on a shared machine also moves as a whole between runs (every row slower by a similar factor when the
+host is busier): per batch size the summary gives that factor (geometric mean of the p50 ratios), each row's
+change left after it, and the rank correlation of the rows, and :func:`conclusions` says whether what a
+deployer reads off the page (the Pareto-optimal artifacts, the pick under each latency budget) is the same.
+
 Settings that make two runs incomparable (threads, device, timing settings, CPU model, library versions)
 are listed in ``differences`` rather than refused: the user decides whether that is the question.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -44,6 +50,8 @@ class Comparison:
     only_a: list[str] = field(default_factory=list)
     only_b: list[str] = field(default_factory=list)
     differences: list[str] = field(default_factory=list)
+    conclusions: dict[str, Any] = field(default_factory=dict)
+    probes: dict[str, Any] = field(default_factory=dict)
 
     def summary(self, batch: int, bound: float) -> dict[str, Any]:
         """Counts for one batch size: rows compared, inside their stated spread, inside ``bound``."""
@@ -52,7 +60,13 @@ class Comparison:
             return {"batch": batch, "n": 0}
         changes = [r[f"b{batch}_change"] for r in rows]
         worst = max(rows, key=lambda r: r[f"b{batch}_change"])
-        return {"batch": batch, "n": len(rows), "bound": bound,
+        pa = [r[f"b{batch}_p50_a"] for r in rows]
+        pb = [r[f"b{batch}_p50_b"] for r in rows]
+        factor = math.exp(statistics.fmean(math.log(b / a) for a, b in zip(pa, pb)))
+        residual = [abs(b / a / factor - 1.0) for a, b in zip(pa, pb)]
+        return {"batch": batch, "n": len(rows), "bound": bound, "machine_factor": factor,
+                "residual_median": statistics.median(residual), "residual_largest": max(residual),
+                "residual_within_bound": sum(x <= bound for x in residual), "rank_spearman": _spearman(pa, pb),
                 "within_spread": sum(bool(r[f"b{batch}_within_spread"]) for r in rows),
                 "within_bound": sum(c <= bound for c in changes), "median_change": statistics.median(changes),
                 "median_spread": statistics.median(r[f"b{batch}_spread"] for r in rows),
@@ -66,6 +80,49 @@ class Comparison:
         d["summary"] = [self.summary(b, bound) for b in self.batches]
         d["accuracy_identical"] = self.accuracy_identical()
         return d
+
+
+def _probe_ms(doc: dict[str, Any]) -> float | None:
+    """The mean of a benchmark's speed probes before and after its timing (``bench.latency.speed_probe``)."""
+    p = doc.get("environment", {}).get("speed_probe") or {}
+    ms = [p.get(k) for k in ("before_ms", "after_ms") if isinstance(p.get(k), (int, float)) and p.get(k) > 0]
+    return statistics.fmean(ms) if ms else None
+
+
+def _spearman(a: list[float], b: list[float]) -> float | None:
+    if len(a) < 3:
+        return None
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
+
+
+def conclusions(a: dict[str, Any], b: dict[str, Any], budgets_ms: tuple[float, ...] = (10.0, 30.0, 100.0),
+                batch: int = 1) -> dict[str, Any]:
+    """What a deployer reads off each run, side by side: the Pareto-optimal rows (test ROC-AUC against p50 at
+    ``batch``, as the report marks them) and the row ``bench.recommend`` picks under each budget."""
+    from bench.recommend import recommend
+    from bench.report import mark_pareto
+
+    out: dict[str, Any] = {"batch": batch}
+    fronts, picks = [], []
+    for doc in (a, b):
+        rows = [dict(r) for r in doc.get("rows", [])]
+        mark_pareto(rows, batch=batch)
+        fronts.append(sorted(_name(row_key(r)) for r in rows if r.get("pareto_latency")))
+        per_budget = {}
+        for ms in budgets_ms:
+            try:
+                best = recommend({"rows": rows}, ms, batch=batch).best
+            except ValueError:  # several devices or no timed rows: nothing to pick from
+                best = None
+            per_budget[f"{ms:g}"] = None if best is None else _name(row_key(best))
+        picks.append(per_budget)
+    out["pareto_a"], out["pareto_b"] = fronts
+    out["pareto_same"] = fronts[0] == fronts[1]
+    out["picks_a"], out["picks_b"] = picks
+    out["picks_same"] = picks[0] == picks[1]
+    return out
 
 
 def _name(key: tuple[str, ...]) -> str:
@@ -109,7 +166,21 @@ def compare(a: dict[str, Any], b: dict[str, Any], a_name: str = "a", b_name: str
                         f"b{n}_within_spread": spread is not None and change <= spread})
         cmp.rows.append(row)
     cmp.batches = [n for n in batches if any(f"b{n}_change" in r for r in cmp.rows)]
+    pa, pb = _probe_ms(a), _probe_ms(b)
+    if pa and pb:
+        cmp.probes = {"a_ms": pa, "b_ms": pb, "factor": pb / pa,
+                      "workload": a["environment"]["speed_probe"].get("workload")}
+    if cmp.rows and 1 in cmp.batches:
+        cmp.conclusions = conclusions(a, b)
     return cmp
+
+
+def _factor_words(f: float) -> str:
+    return f"{f - 1:.1%} slower" if f >= 1 else f"{1 - f:.1%} faster"
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 def summary_lines(cmp: Comparison, bound: float = 0.10) -> list[str]:
@@ -125,6 +196,21 @@ def summary_lines(cmp: Comparison, bound: float = 0.10) -> list[str]:
                      f"spread their runs stated (median change {s['median_change']:.1%}, median stated spread "
                      f"{s['median_spread']:.1%}); {s['within_bound']} of {s['n']} within {bound:.0%}; largest "
                      f"{s['largest_change']:.0%} ({s['largest_row']}).")
+        lines.append(f"  As a whole the second run was {_factor_words(s['machine_factor'])}; after that factor rows "
+                     f"moved by a median {s['residual_median']:.1%} (largest {s['residual_largest']:.0%}, "
+                     f"{s['residual_within_bound']} of {s['n']} within {bound:.0%}); rank correlation of the rows' "
+                     f"p50 {_num(s['rank_spearman'])}.")
+    if cmp.probes:
+        lines.append(f"Speed probe ({cmp.probes['workload']}): {cmp.probes['a_ms']:.2f} ms -> {cmp.probes['b_ms']:.2f} "
+                     f"ms, the machine itself {_factor_words(cmp.probes['factor'])}.")
+    c = cmp.conclusions
+    if c:
+        lines.append(f"Conclusions at batch {c['batch']}: Pareto-optimal rows "
+                     + ("the same" if c["pareto_same"] else f"differ ({len(c['pareto_a'])} -> {len(c['pareto_b'])})")
+                     + "; picks under " + ", ".join(f"{k} ms" for k in c["picks_a"])
+                     + (" the same." if c["picks_same"] else " differ: " + "; ".join(
+                         f"{k} ms {c['picks_a'][k]} -> {c['picks_b'][k]}" for k in c["picks_a"]
+                         if c["picks_a"][k] != c["picks_b"][k]) + "."))
     if cmp.only_a or cmp.only_b:
         lines.append(f"Rows ok in only one run: {len(cmp.only_a)} in {cmp.a}, {len(cmp.only_b)} in {cmp.b}.")
     if cmp.differences:

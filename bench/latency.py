@@ -123,6 +123,28 @@ def time_until(fn: Callable[[], Any], times: list[int], seconds: float, min_call
     return times
 
 
+PROBE_WORKLOAD = "PyTorch conv2d 3x3, 64 -> 64 channels, input 1 x 64 x 56 x 56 float32 (0.23 GFLOP), median of 1 s"
+
+
+def speed_probe(seconds: float = 1.0, warmup: int = 3) -> float:
+    """Milliseconds per call of a fixed PyTorch convolution (:data:`PROBE_WORKLOAD`) on the CPU with the current
+    thread count: how fast this machine is at the moment, measured before and after a benchmark's timing.
+
+    Two benchmarks of the same artifacts whose probes differ by 20% ran on a machine that changed speed
+    between them (a shared VM's host load); `cxr-edge compare` sets the probes beside the rows' changes.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 64, 56, 56, generator=gen)
+    w = torch.randn(64, 64, 3, 3, generator=gen) * 0.05
+    with torch.inference_mode():
+        for _ in range(warmup):
+            torch.nn.functional.conv2d(x, w, padding=1)
+        times = time_calls(lambda: torch.nn.functional.conv2d(x, w, padding=1), seconds, 10, 100_000)
+    return float(np.median(times) / 1e6)
+
+
 def time_interleaved(predictors: list[tuple[Any, Callable[[], None] | None, np.ndarray]], lat: LatencyConfig,
                      on_turn: Callable[[int, int, int], None] | None = None,
                      ) -> tuple[list[dict[int, list[list[int]]]], dict[int, tuple[BaseException, str]]]:

@@ -98,7 +98,9 @@ def latency_repeatability(doc: dict[str, Any], bound: float = 0.10) -> str:
     within = sum(1 for x in spreads if x < bound)
     return (f"Latency depends on the machine's load: here {within} of {len(spreads)} rows' two timing rounds lay within "
             f"{bound:.0%} of each other at batch 1 (median spread {statistics.median(spreads):.0%}, largest "
-            f"{max(spreads):.0%}); read a difference between two rows smaller than their spread as noise.")
+            f"{max(spreads):.0%}); read a difference between two rows smaller than their spread as noise. That is the "
+            f"spread within one run, whose rows took turns on the machine; a whole run can be faster or slower than "
+            f"another on a shared machine, so compare rows of one run with each other, not figures across runs.")
 
 
 def reproduction_text(rep: dict[str, Any]) -> str:
@@ -113,6 +115,26 @@ def reproduction_text(rep: dict[str, Any]) -> str:
             text += (f"; p50 at batch {s['batch']}: {s['within_spread']} of {s['n']} rows moved by no more than their "
                      f"stated spread and {s['within_bound']} within {s['bound']:.0%} (median change "
                      f"{s['median_change']:.1%}, largest {s['largest_change']:.0%}, {s['largest_row']})")
+            if s.get("machine_factor") is not None:
+                f = s["machine_factor"]
+                text += (f": as a whole this run was {abs(f - 1):.1%} {'slower' if f >= 1 else 'faster'}, and after "
+                         f"that factor rows moved by a median {s['residual_median']:.1%} (largest "
+                         f"{s['residual_largest']:.0%})"
+                         + ("" if s.get("rank_spearman") is None else
+                            f"; the rows' order kept a rank correlation of {s['rank_spearman']:.3f}"))
+    pr = rep.get("probes") or {}
+    if pr:
+        f = pr["factor"]
+        text += (f"; the speed probe (a fixed PyTorch convolution, before and after the timing) took {pr['a_ms']:.2f} "
+                 f"then {pr['b_ms']:.2f} ms: the machine itself was {abs(f - 1):.1%} {'slower' if f >= 1 else 'faster'}")
+    c = rep.get("conclusions") or {}
+    if c:
+        text += (f". What to ship did {'not change' if c['pareto_same'] and c['picks_same'] else 'change'}: the "
+                 f"Pareto-optimal artifacts are {'the same' if c['pareto_same'] else 'different'} and the picks under "
+                 + ", ".join(f"{k}" for k in c["picks_a"]) + f" ms are {'the same' if c['picks_same'] else 'different'}"
+                 + ("" if c["picks_same"] else " (" + "; ".join(f"{k} ms: {c['picks_a'][k]} -> {c['picks_b'][k]}"
+                                                             for k in c["picks_a"]
+                                                             if c["picks_a"][k] != c["picks_b"][k]) + ")"))
     if rep.get("differences"):
         text += "; settings that differ: " + "; ".join(rep["differences"])
     return text + "."

@@ -165,6 +165,7 @@ def bench_artifacts(artifacts_dir: str | Path, config: BenchConfig, progress: bo
         "method": method_text(config, threads), "backbones": {}, "rows": [],
     }
     t0 = time.perf_counter()
+    probe = {"workload": latency.PROBE_WORKLOAD, "threads": threads, "before_ms": latency.speed_probe()}
     waiting: list[tuple[Target, dict[str, Any], Any, np.ndarray]] = []
     with _progress(progress, console) as bar:
         for name, recs in groups.items():
@@ -181,6 +182,8 @@ def bench_artifacts(artifacts_dir: str | Path, config: BenchConfig, progress: bo
         if waiting:
             _time_interleaved(waiting, config, bar, f"all {len(groups)} backbones")
             waiting = []
+    probe["after_ms"] = latency.speed_probe()
+    doc["environment"]["speed_probe"] = probe
     from bench.report import mark_pareto
 
     mark_pareto(doc["rows"])

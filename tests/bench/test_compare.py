@@ -13,7 +13,8 @@ from cli.main import app
 
 def _row(fmt, p50, spread, auc=0.95, status="ok"):
     return {"backbone": "resnet18", "format": fmt, "precision": "fp32", "device": "cpu", "runtime": "rt",
-            "status": status, "roc_auc": auc, "sensitivity": 0.9, "b1_p50_ms": p50, "b1_spread": spread,
+            "status": status, "roc_auc": auc, "roc_auc_lo": auc - 0.01, "roc_auc_hi": auc + 0.01,
+            "sensitivity": 0.9, "specificity": 0.8, "b1_p50_ms": p50, "b1_spread": spread,
             "b8_p50_ms": 8 * p50, "b8_spread": spread}
 
 
@@ -66,3 +67,35 @@ def test_cli_writes_json_fails_on_request_and_the_report_quotes_it(tmp_path):
     assert "1 of 2 rows have identical test accuracy" in text and "p50 at batch 1: 1 of 2 rows" in text
     r = cli.invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "missing")])
     assert r.exit_code == 2 and "does not exist" in r.output
+
+
+def _timed(fmt, auc, p50):
+    return {**_row(fmt, p50, 0.01, auc=auc), "bytes": 1000}
+
+
+def test_whole_run_factor_residuals_rank_and_conclusions():
+    a = _doc([_timed("onnx", 0.95, 8.0), _timed("openvino", 0.96, 20.0), _timed("tflite", 0.94, 5.0),
+              _timed("coreml", 0.97, 40.0)])
+    # every row 20% slower and one 10% more on top: the factor takes the 20%, the residual shows the rest
+    b = _doc([_timed("onnx", 0.95, 9.6), _timed("openvino", 0.96, 24.0), _timed("tflite", 0.94, 6.0),
+              _timed("coreml", 0.97, 52.8)])
+    a["environment"]["speed_probe"] = {"workload": "w", "before_ms": 4.0, "after_ms": 6.0}
+    b["environment"]["speed_probe"] = {"workload": "w", "before_ms": 6.0, "after_ms": 6.0}
+    cmp = compare.compare(a, b)
+    s = cmp.summary(1, 0.10)
+    assert s["machine_factor"] == pytest.approx(1.2 * 1.1 ** 0.25)
+    assert s["rank_spearman"] == pytest.approx(1.0)
+    assert s["residual_largest"] == pytest.approx(1.1 / 1.1 ** 0.25 - 1)
+    assert cmp.probes["factor"] == pytest.approx(1.2)
+    c = cmp.conclusions
+    assert c["pareto_same"] and c["picks_same"] and c["picks_a"]["10"] == "resnet18 onnx fp32 cpu (rt)"
+    assert c["picks_a"]["30"] == "resnet18 openvino fp32 cpu (rt)"
+    text = " ".join(compare.summary_lines(cmp))
+    assert "Pareto-optimal rows the same" in text and "the machine itself 20.0% slower" in text
+    # a slower run moves the 30 ms pick off openvino (24 -> 31 ms): the conclusions differ, and say how
+    b["rows"][1]["b1_p50_ms"] = 31.0
+    c = compare.compare(a, b).conclusions
+    assert not c["picks_same"] and c["picks_b"]["30"] == "resnet18 onnx fp32 cpu (rt)"
+    rep = compare.compare(a, b).to_dict(0.10)
+    text = publish.reproduction_text(rep)
+    assert "What to ship did change" in text and "30 ms: resnet18 openvino" in text and "20.0% slower" in text

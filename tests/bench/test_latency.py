@@ -134,3 +134,8 @@ def test_a_predictor_that_raises_is_reported_and_not_timed_further():
     assert list(errors) == [0] and "device lost" in str(errors[0][0]) and errors[0][1] == "latency round 2, block 1"
     assert flaky.calls == 3 and [len(x) for x in times[1][1]] == [4, 4]  # the other one keeps its full rounds
     assert turns[:4] == [(0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1)] and turns[4:] == [(1, 0, 1), (1, 1, 1)]
+
+
+def test_speed_probe_times_the_fixed_convolution():
+    ms = latency.speed_probe(seconds=0.05, warmup=1)
+    assert 0 < ms < 10_000 and "0.23 GFLOP" in latency.PROBE_WORKLOAD

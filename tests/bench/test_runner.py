@@ -110,6 +110,8 @@ def test_environment_is_recorded(results):
     assert env["cpu"]["model"] and isinstance(env["cpu"]["flags"], list)
     assert env["versions"]["torch"] and env["settings"]["latency"]["batches"] == [1, 4]
     assert env["settings"]["threads_used"] == 2 and "perf_counter_ns" in results["method"]
+    probe = env["speed_probe"]  # the machine's speed before and after the timing, for `cxr-edge compare`
+    assert probe["before_ms"] > 0 and probe["after_ms"] > 0 and "conv2d" in probe["workload"]
 
 
 def test_a_missing_run_fails_its_rows_and_the_loop_goes_on(clean_artifacts, tmp_path):
@@ -204,7 +206,10 @@ def test_timing_takes_turns_across_backbones_unless_asked_per_backbone(tmp_path,
 
     monkeypatch.setattr(runner, "bench_backbone", fake_backbone)
     monkeypatch.setattr(runner, "_time_interleaved", lambda live, config, bar, label: events.append((label, len(live))))
+    monkeypatch.setattr(runner.latency, "speed_probe", lambda: events.append(("probe",)) or 1.0)
     doc = runner.bench_artifacts(tmp_path, runner.BenchConfig(interleave=interleave), progress=False)
+    assert events[0] == events[-1] == ("probe",)  # the speed probe brackets all scoring and timing
+    events = events[1:-1]
     timed = [e for e in events if e[0] != "scored"]
     assert timed == expected and len(doc["rows"]) == 2
     if interleave == "all":
