@@ -138,7 +138,7 @@ def _settings(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def compare(a: dict[str, Any], b: dict[str, Any], a_name: str = "a", b_name: str = "b") -> Comparison:
-    """Match the ok rows of two results documents (``bench.runner.read_results``) and compare them."""
+    """Match the ok rows of two results documents (``bench.results_file.read_results``) and compare them."""
     ok_a = {row_key(r): r for r in a.get("rows", []) if r.get("status") == "ok"}
     ok_b = {row_key(r): r for r in b.get("rows", []) if r.get("status") == "ok"}
     batches = sorted({int(k[1:-len("_p50_ms")]) for r in list(ok_a.values()) + list(ok_b.values())

@@ -326,22 +326,33 @@ def fp32_heatmaps(run, inputs: np.ndarray, targets=None, *, method: str = "gradc
         return ex(inputs, targets, batch_size=batch_size)
 
 
+PHASES = ("heatmaps", "lesion occlusion, deletion/insertion", "ROAD", "sanity check", "heatmap agreement")
+
+
+def fidelity_phases(with_road: bool = True, with_sanity: bool = True) -> list[str]:
+    """The phases :func:`run_fidelity` goes through with these options, in order (for a progress bar)."""
+    return [p for p in PHASES if (p != "ROAD" or with_road) and (p != "sanity check" or with_sanity)]
+
+
 def run_fidelity(run, *, side: str = "test", n: int = 32, method: str = "gradcam", steps: int = 32,
                  device: str = "cpu", boxes: str | Path | None = None, with_road: bool = True,
                  with_sanity: bool = True, with_int8: bool = True, tolerance: int | None = None,
-                 layer: str | None = None) -> dict[str, Any]:
+                 layer: str | None = None, on_phase: Callable[[str | None], None] | None = None) -> dict[str, Any]:
     """Every fidelity measure of one run's FP32 PyTorch model: localisation (pointing game, energy in
     mask, and whether the model uses the lesion at all: :func:`~bench.localization.lesion_occlusion`),
     deletion/insertion AUC, ROAD, the randomization sanity check, time per heatmap, and the
     agreement of FP16/BF16 (CUDA) and fake-quantized INT8 heatmaps with FP32.
 
     ``tolerance``: pointing-game tolerance in input pixels; default 15 px at 224 scaled to the input
-    size (Zhang et al. 2018 used 15 px), e.g. 4 px at 64.
+    size (Zhang et al. 2018 used 15 px), e.g. 4 px at 64. ``on_phase`` is called with each phase's name
+    (:func:`fidelity_phases`) as it starts, and with None at the end.
     """
     import torch
 
     from export.base import TorchPredictor
 
+    phase = on_phase or (lambda name: None)
+    phase("heatmaps")
     pre = run.preprocess
     clock = {"start": time.perf_counter()}
     fs = fidelity_images(run, side=side, n=n, boxes=boxes)
@@ -362,6 +373,7 @@ def run_fidelity(run, *, side: str = "test", n: int = 32, method: str = "gradcam
                    pointing_game_strict=pointing_game(pointing_points(cams.grids, pre.size), fs.masks)["pointing_game"],
                    energy_in_mask=en["energy_in_mask"], mask_area=en["mask_area"], mask_source=fs.mask_source)
     clock["heatmaps"] = time.perf_counter()
+    phase("lesion occlusion, deletion/insertion")
     predictor = TorchPredictor(model, device)
     if fs.masks is not None:
         out["lesion_occlusion"] = lesion_occlusion(predictor.predict, fs.inputs, fs.masks)
@@ -373,12 +385,15 @@ def run_fidelity(run, *, side: str = "test", n: int = 32, method: str = "gradcam
                deletion_auc_random=rand["deletion_auc"], insertion_auc_random=rand["insertion_auc"], steps=steps)
     clock["deletion_insertion"] = time.perf_counter()
     if with_road:
+        phase("ROAD")
         out["road"] = road(model, fs.inputs, cams.cams, device=device)["road"]
         clock["road"] = time.perf_counter()
     if with_sanity:
+        phase("sanity check")
         out["sanity"] = sanity_check(model, run.record["backbone"], fs.inputs, trained_cams=cams.cams, method=method,
                                      device=device, layer=layer)
         clock["sanity"] = time.perf_counter()
+    phase("heatmap agreement")
     agreement: dict[str, Any] = {}
     for prec in ("fp16", "bf16") if torch.cuda.is_available() else ():
         other, source = lower_precision_heatmaps(run, fs.inputs, None, prec, device="cuda", method=method, layer=layer)
@@ -395,4 +410,5 @@ def run_fidelity(run, *, side: str = "test", n: int = 32, method: str = "gradcam
     out["cam_agreement"] = agreement
     marks = list(clock.items())
     out["seconds"] = {k: round(t - marks[i][1], 2) for i, (k, t) in enumerate(marks[1:])}
+    phase(None)
     return out

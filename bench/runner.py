@@ -12,6 +12,12 @@ For each backbone (in manifest order) the loop
 3. times the loaded targets in ``rounds`` rounds, each cut into short blocks that take turns across
    rounds and targets (block 1 of round 1 of every target, block 1 of round 2 …, then block 2 …), so that
    drift of the machine hits every row and every round alike and the spread between rounds shows the noise.
+   By default (``interleave="all"``) this happens once, for the targets of every backbone together, after
+   all are scored; ``interleave="backbone"`` times each backbone's targets before loading the next.
+
+A fixed PyTorch convolution (:func:`bench.latency.speed_probe`) is timed before and after, so that a
+machine whose speed changed between two benchmarks shows it (`cxr-edge compare`). Reading and writing
+results.json is :mod:`bench.results_file`.
 
 Nothing aborts the loop: a target that fails at any step becomes a row with ``status`` "failed" and its
 ``error``; a target that cannot run here (export failed, runtime absent, unverified) becomes a
@@ -33,10 +39,8 @@ import numpy as np
 
 from bench import cost, latency
 from bench.backends import DEVICES, Target, artifact_targets, torch_targets
-from core import io
+from bench.results_file import RESULTS_FORMAT
 
-RESULTS = "results.json"
-RESULTS_FORMAT = "cxr-edge-bench/1"
 # core.metrics names whose column would clash with a row's identity ("precision" is fp32/fp16/int8 here).
 METRIC_COLUMNS = {"precision": "ppv"}
 # "all": every artifact of every backbone is loaded, then all are timed in turns, so rows of different backbones
@@ -166,6 +170,7 @@ def bench_artifacts(artifacts_dir: str | Path, config: BenchConfig, progress: bo
     }
     t0 = time.perf_counter()
     probe = {"workload": latency.PROBE_WORKLOAD, "threads": threads, "before_ms": latency.speed_probe()}
+    doc["environment"]["speed_probe"] = probe  # an interrupted benchmark's file keeps the "before" probe
     waiting: list[tuple[Target, dict[str, Any], Any, np.ndarray]] = []
     with _progress(progress, console) as bar:
         for name, recs in groups.items():
@@ -183,7 +188,6 @@ def bench_artifacts(artifacts_dir: str | Path, config: BenchConfig, progress: bo
             _time_interleaved(waiting, config, bar, f"all {len(groups)} backbones")
             waiting = []
     probe["after_ms"] = latency.speed_probe()
-    doc["environment"]["speed_probe"] = probe
     from bench.report import mark_pareto
 
     mark_pareto(doc["rows"])
@@ -442,28 +446,3 @@ def _progress(enabled: bool, console=None):
 
     return Progress(TextColumn("{task.description:<48}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=console, disable=not enabled, transient=False)
-
-
-# ------------------------------------------------------------------------------------------ files
-
-
-def check_out(out_dir: str | Path, force: bool) -> None:
-    """Refuse to replace earlier results without ``force`` (before any work is done)."""
-    path = Path(out_dir) / RESULTS
-    if path.exists() and not force:
-        raise ValueError(f"{path} already exists (earlier results); pass --force to replace them, or choose "
-                              f"another --out (e.g. results/<name>-2)")
-
-
-def read_results(path: str | Path) -> dict[str, Any]:
-    """results.json of a results folder (or the file itself), checked."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / RESULTS
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; run `cxr-edge bench ARTIFACTS --out {path.parent}` first")
-    return io.read_format_json(path, RESULTS_FORMAT, "run the benchmark again with --force")
-
-
-def write_results(out_dir: str | Path, doc: dict[str, Any]) -> Path:
-    return io.write_json(Path(out_dir) / RESULTS, io.json_safe(doc))

@@ -58,7 +58,8 @@ def bench(
     """
     from bench import fidelity_hook, report
     from bench.latency import LatencyConfig, parse_batches
-    from bench.runner import ROW_METRICS, BenchConfig, bench_artifacts, check_out, write_results
+    from bench.results_file import check_out, write_results
+    from bench.runner import ROW_METRICS, BenchConfig, bench_artifacts
 
     if fidelity_n < 0 or fidelity_steps < 1:
         raise ValueError(f"--fidelity-n {fidelity_n} must be >= 0 and --fidelity-steps {fidelity_steps} >= 1")
@@ -112,7 +113,7 @@ def table(
     = Path("results/cpu"),
 ) -> None:
     """Print the accuracy-cost table of a benchmark in the terminal, with its environment."""
-    from bench.runner import read_results
+    from bench.results_file import read_results
 
     _print(read_results(results))
 
@@ -134,7 +135,7 @@ def recommend(
     Exit status 1 when nothing fits (the closest rows are shown).
     """
     from bench.recommend import recommend as pick
-    from bench.runner import read_results
+    from bench.results_file import read_results
 
     rec = pick(read_results(results), budget_ms, device=device, batch=batch, min_sensitivity=min_sensitivity)
     for line in rec.lines:
@@ -161,7 +162,7 @@ def compare(
 
     from bench.compare import compare as compare_docs
     from bench.compare import summary_lines
-    from bench.runner import read_results
+    from bench.results_file import read_results
     from core import io
 
     if not 0 < bound < 10:

@@ -125,13 +125,17 @@ def fidelity(
     road: Annotated[bool, typer.Option("--road/--no-road", help="Compute ROAD (slow: a sparse solve per image).")] = True,
     device: Device = "cpu",
     layer: Layer = None,
+    progress: Progress = True,
 ) -> None:
     """Explanation fidelity. Runs: pointing game, energy in mask, deletion/insertion AUC, ROAD, the
     randomization sanity check, time per heatmap and FP16/BF16/INT8 heatmap agreement. Export folders:
     deletion/insertion AUC of every artifact (pixels ranked by its FP32 model's heatmap) and agreement."""
     from core import io
     from core.runs import find_runs, is_complete, load_run
-    from bench.fidelity import artifact_fidelity, fp32_heatmaps, run_fidelity
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as Bars
+
+    from bench.fidelity import artifact_fidelity, fidelity_phases, fp32_heatmaps, run_fidelity
     from bench.localization import fidelity_images
 
     results: dict[str, Any] = {"method": method, "side": side, "n": n, "steps": steps, "runs": [], "artifacts": [],
@@ -146,10 +150,20 @@ def fidelity(
     if layers and export_dirs:
         raise ValueError("--layer applies to runs only: artifacts are judged by the pixel ranking of their run's "
                          "registry layer; score the export folders in a separate call")
-    for run in found:
-        console.print(f"[bold]{run.record['backbone']}[/bold]: fidelity of the FP32 model on {n} {side} images")
-        results["runs"].append(run_fidelity(run, side=side, n=n, method=method, steps=steps, device=device,
-                                            boxes=boxes, with_road=road, layer=layers.get(run.record["backbone"])))
+    phases = fidelity_phases(with_road=road)
+    with Bars(TextColumn("{task.description:<60}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, disable=not progress) as bar:
+        for run in found:
+            name = run.record["backbone"]
+            task = bar.add_task(f"{name}: {n} {side} images", total=len(phases))
+
+            def on_phase(phase: str | None, task=task, name=name) -> None:
+                done = len(phases) if phase is None else phases.index(phase)
+                bar.update(task, completed=done, description=f"{name}: {phase or 'done'}")
+
+            results["runs"].append(run_fidelity(run, side=side, n=n, method=method, steps=steps, device=device,
+                                                boxes=boxes, with_road=road, layer=layers.get(name),
+                                                on_phase=on_phase))
     for folder in export_dirs:
         from export.manifest import read_manifest
         from export.pipeline import load_artifact

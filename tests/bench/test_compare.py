@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from bench import compare, publish, runner
+from bench import compare, publish, results_file
 from cli.main import app
 
 
@@ -19,7 +19,7 @@ def _row(fmt, p50, spread, auc=0.95, status="ok"):
 
 
 def _doc(rows, threads=1):
-    return {"format": runner.RESULTS_FORMAT, "rows": rows,
+    return {"format": results_file.RESULTS_FORMAT, "rows": rows,
             "environment": {"settings": {"threads_used": threads, "device": "cpu"}, "cpu": {"model": "x"},
                             "versions": {"torch": "2"}}}
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bench import publish, report, runner
+from bench import publish, report, results_file, runner
 from tests.bench.conftest import fast_config
 
 
@@ -14,7 +14,7 @@ from tests.bench.conftest import fast_config
 def results_dir(clean_artifacts, tmp_path_factory):
     doc = runner.bench_artifacts(clean_artifacts, fast_config(), progress=False)
     out = tmp_path_factory.mktemp("results") / "tiny"
-    runner.write_results(out, doc)
+    results_file.write_results(out, doc)
     report.write_reports(doc, out)
     return out
 

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from bench import report, runner
+from bench import report, results_file, runner
 from tests.bench.conftest import fast_config
 
 
@@ -93,15 +93,15 @@ def test_hook_columns_join_ok_rows_and_hook_errors_do_not_fail_them(results):
 
 def test_pareto_is_marked_and_reports_are_written(results, tmp_path):
     assert any(r["pareto_latency"] for r in results["rows"])
-    runner.write_results(tmp_path, results)
+    results_file.write_results(tmp_path, results)
     paths = report.write_reports(results, tmp_path)
     assert {p.name for p in paths} == {"table.md", "table.csv", "pareto.png"}
-    doc = runner.read_results(tmp_path)
+    doc = results_file.read_results(tmp_path)
     assert doc["rows"][0]["backbone"] == "resnet18"
     assert "del AUC" in (tmp_path / "table.md").read_text()
     with pytest.raises(ValueError, match="--force"):
-        runner.check_out(tmp_path, force=False)
-    runner.check_out(tmp_path, force=True)
+        results_file.check_out(tmp_path, force=False)
+    results_file.check_out(tmp_path, force=True)
     json.dumps(doc, allow_nan=False)  # strict JSON: no NaN
 
 

@@ -53,3 +53,19 @@ def test_bad_input_is_one_clear_line(tmp_path):
     assert r.exit_code == 2 and "manifest.json does not exist" in r.output
     r = invoke("table", tmp_path / "nothing")
     assert r.exit_code == 2 and "cxr-edge bench" in r.output
+
+
+def test_fidelity_of_a_run_and_of_its_artifacts(bench_run, clean_artifacts, tmp_path):
+    """`cxr-edge fidelity` as a user runs it: a run (with its per-phase progress bar) and an export folder."""
+    out = tmp_path / "fid.json"
+    r = invoke("fidelity", bench_run.path, "--out", out, "--n", "2", "--steps", "4", "--no-road")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(out.read_text())
+    (res,) = doc["runs"]
+    assert res["backbone"] == "resnet18" and res["n_images"] == 2 and "sanity" in res and "road" not in res
+    assert "resnet18: done" in r.output  # the progress bar ends on the run's last phase
+    r = invoke("fidelity", clean_artifacts, "--out", out, "--n", "2", "--steps", "4", "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert {a["precision"] for a in json.loads(out.read_text())["artifacts"]} == {"fp32", "fp16", "int8"}
+    bad = invoke("fidelity", bench_run.path, "--layer", "resnet18=nope", "--n", "2", "--no-progress")
+    assert bad.exit_code == 2 and "nope" in bad.output

@@ -1,0 +1,35 @@
+"""``<out>/results.json``, the benchmark's results document: refuse to replace it by accident, read it back
+checked, write it atomically (the CLI rewrites it after every backbone, so an interrupted benchmark keeps
+what it measured)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from core import io
+
+RESULTS = "results.json"
+RESULTS_FORMAT = "cxr-edge-bench/1"
+
+
+def check_out(out_dir: str | Path, force: bool) -> None:
+    """Refuse to replace earlier results without ``force`` (before any work is done)."""
+    path = Path(out_dir) / RESULTS
+    if path.exists() and not force:
+        raise ValueError(f"{path} already exists (earlier results); pass --force to replace them, or choose "
+                              f"another --out (e.g. results/<name>-2)")
+
+
+def read_results(path: str | Path) -> dict[str, Any]:
+    """results.json of a results folder (or the file itself), checked."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULTS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; run `cxr-edge bench ARTIFACTS --out {path.parent}` first")
+    return io.read_format_json(path, RESULTS_FORMAT, "run the benchmark again with --force")
+
+
+def write_results(out_dir: str | Path, doc: dict[str, Any]) -> Path:
+    return io.write_json(Path(out_dir) / RESULTS, io.json_safe(doc))
