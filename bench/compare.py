@@ -97,13 +97,14 @@ def _spearman(a: list[float], b: list[float]) -> float | None:
     return float(spearmanr(a, b).statistic)
 
 
-def conclusions(a: dict[str, Any], b: dict[str, Any], budgets_ms: tuple[float, ...] = (10.0, 30.0, 100.0),
+def conclusions(a: dict[str, Any], b: dict[str, Any], budgets_ms: tuple[float, ...] | None = None,
                 batch: int = 1) -> dict[str, Any]:
     """What a deployer reads off each run, side by side: the Pareto-optimal rows (test ROC-AUC against p50 at
     ``batch``, as the report marks them) and the row ``bench.recommend`` picks under each budget."""
-    from bench.recommend import recommend
+    from bench.recommend import BUDGETS_MS, recommend
     from bench.report import mark_pareto
 
+    budgets_ms = BUDGETS_MS if budgets_ms is None else budgets_ms
     out: dict[str, Any] = {"batch": batch}
     fronts, picks = [], []
     for doc in (a, b):
@@ -202,7 +203,7 @@ def summary_lines(cmp: Comparison, bound: float = 0.10) -> list[str]:
                      f"p50 {_num(s['rank_spearman'])}.")
     if cmp.probes:
         lines.append(f"Speed probe ({cmp.probes['workload']}): {cmp.probes['a_ms']:.2f} ms -> {cmp.probes['b_ms']:.2f} "
-                     f"ms, the machine itself {_factor_words(cmp.probes['factor'])}.")
+                     f"ms ({_factor_words(cmp.probes['factor'])}).")
     c = cmp.conclusions
     if c:
         lines.append(f"Conclusions at batch {c['batch']}: Pareto-optimal rows "

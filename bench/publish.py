@@ -19,7 +19,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bench.recommend import describe, recommend
+from bench.recommend import BUDGETS_MS, describe, recommend
 from bench.report import markdown as table_markdown
 from core import io
 
@@ -37,7 +37,6 @@ PAPER = {
 }
 PAPER_SOURCE = ("Shahi & Bagale, arXiv 2511.00456: ImageNet-pretrained, 224 px, up to 10 epochs, test side of the "
                 "paper's own patient-wise split of all 5,856 images (accuracy / ROC-AUC from its code's notebooks)")
-BUDGETS_MS = (10.0, 30.0, 100.0)
 CNNS = ("resnet18", "resnet50", "densenet121", "efficientnet_b0", "mobilenetv2_100", "mobilenetv3_large_100")
 
 
@@ -126,7 +125,7 @@ def reproduction_text(rep: dict[str, Any]) -> str:
     if pr:
         f = pr["factor"]
         text += (f"; the speed probe (a fixed PyTorch convolution, before and after the timing) took {pr['a_ms']:.2f} "
-                 f"then {pr['b_ms']:.2f} ms: the machine itself was {abs(f - 1):.1%} {'slower' if f >= 1 else 'faster'}")
+                 f"then {pr['b_ms']:.2f} ms ({abs(f - 1):.1%} {'slower' if f >= 1 else 'faster'})")
     c = rep.get("conclusions") or {}
     if c:
         text += (f". What to ship did {'not change' if c['pareto_same'] and c['picks_same'] else 'change'}: the "

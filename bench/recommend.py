@@ -23,6 +23,10 @@ class Recommendation:
     lines: list[str] = field(default_factory=list)  # the explanation, one sentence per line
 
 
+#: The latency budgets (ms) that docs/RESULTS.md answers and `cxr-edge compare` checks the picks of.
+BUDGETS_MS = (10.0, 30.0, 100.0)
+
+
 def _ok(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 

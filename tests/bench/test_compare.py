@@ -91,11 +91,11 @@ def test_whole_run_factor_residuals_rank_and_conclusions():
     assert c["pareto_same"] and c["picks_same"] and c["picks_a"]["10"] == "resnet18 onnx fp32 cpu (rt)"
     assert c["picks_a"]["30"] == "resnet18 openvino fp32 cpu (rt)"
     text = " ".join(compare.summary_lines(cmp))
-    assert "Pareto-optimal rows the same" in text and "the machine itself 20.0% slower" in text
+    assert "Pareto-optimal rows the same" in text and "5.00 ms -> 6.00 ms (20.0% slower)" in text
     # a slower run moves the 30 ms pick off openvino (24 -> 31 ms): the conclusions differ, and say how
     b["rows"][1]["b1_p50_ms"] = 31.0
     c = compare.compare(a, b).conclusions
     assert not c["picks_same"] and c["picks_b"]["30"] == "resnet18 onnx fp32 cpu (rt)"
     rep = compare.compare(a, b).to_dict(0.10)
     text = publish.reproduction_text(rep)
-    assert "What to ship did change" in text and "30 ms: resnet18 openvino" in text and "20.0% slower" in text
+    assert "What to ship did change" in text and "30 ms: resnet18 openvino" in text and "took 5.00 then 6.00 ms (20.0% slower)" in text
