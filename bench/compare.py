@@ -176,8 +176,15 @@ def compare(a: dict[str, Any], b: dict[str, Any], a_name: str = "a", b_name: str
     return cmp
 
 
-def _factor_words(f: float) -> str:
+def factor_words(f: float) -> str:
+    """A ratio of second to first as words: 1.2 -> "20.0% slower", 0.9 -> "10.0% faster"."""
     return f"{f - 1:.1%} slower" if f >= 1 else f"{1 - f:.1%} faster"
+
+
+def changed_picks(c: dict[str, Any]) -> list[str]:
+    """``"<budget> ms: <first run's pick> -> <second's>"`` for each budget whose pick changed (:func:`conclusions`)."""
+    return [f"{k} ms: {c['picks_a'][k]} -> {c['picks_b'][k]}" for k in c["picks_a"]
+            if c["picks_a"][k] != c["picks_b"][k]]
 
 
 def _num(x: float | None) -> str:
@@ -197,21 +204,19 @@ def summary_lines(cmp: Comparison, bound: float = 0.10) -> list[str]:
                      f"spread their runs stated (median change {s['median_change']:.1%}, median stated spread "
                      f"{s['median_spread']:.1%}); {s['within_bound']} of {s['n']} within {bound:.0%}; largest "
                      f"{s['largest_change']:.0%} ({s['largest_row']}).")
-        lines.append(f"  As a whole the second run was {_factor_words(s['machine_factor'])}; after that factor rows "
+        lines.append(f"  As a whole the second run was {factor_words(s['machine_factor'])}; after that factor rows "
                      f"moved by a median {s['residual_median']:.1%} (largest {s['residual_largest']:.0%}, "
                      f"{s['residual_within_bound']} of {s['n']} within {bound:.0%}); rank correlation of the rows' "
                      f"p50 {_num(s['rank_spearman'])}.")
     if cmp.probes:
         lines.append(f"Speed probe ({cmp.probes['workload']}): {cmp.probes['a_ms']:.2f} ms -> {cmp.probes['b_ms']:.2f} "
-                     f"ms ({_factor_words(cmp.probes['factor'])}).")
+                     f"ms ({factor_words(cmp.probes['factor'])}).")
     c = cmp.conclusions
     if c:
         lines.append(f"Conclusions at batch {c['batch']}: Pareto-optimal rows "
                      + ("the same" if c["pareto_same"] else f"differ ({len(c['pareto_a'])} -> {len(c['pareto_b'])})")
                      + "; picks under " + ", ".join(f"{k} ms" for k in c["picks_a"])
-                     + (" the same." if c["picks_same"] else " differ: " + "; ".join(
-                         f"{k} ms {c['picks_a'][k]} -> {c['picks_b'][k]}" for k in c["picks_a"]
-                         if c["picks_a"][k] != c["picks_b"][k]) + "."))
+                     + (" the same." if c["picks_same"] else " differ: " + "; ".join(changed_picks(c)) + "."))
     if cmp.only_a or cmp.only_b:
         lines.append(f"Rows ok in only one run: {len(cmp.only_a)} in {cmp.a}, {len(cmp.only_b)} in {cmp.b}.")
     if cmp.differences:

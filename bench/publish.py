@@ -19,6 +19,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from bench.compare import changed_picks, factor_words
 from bench.recommend import BUDGETS_MS, describe, recommend
 from bench.report import markdown as table_markdown
 from core import io
@@ -116,7 +117,7 @@ def reproduction_text(rep: dict[str, Any]) -> str:
                      f"{s['median_change']:.1%}, largest {s['largest_change']:.0%}, {s['largest_row']})")
             if s.get("machine_factor") is not None:
                 f = s["machine_factor"]
-                text += (f": as a whole this run was {abs(f - 1):.1%} {'slower' if f >= 1 else 'faster'}, and after "
+                text += (f": as a whole this run was {factor_words(f)}, and after "
                          f"that factor rows moved by a median {s['residual_median']:.1%} (largest "
                          f"{s['residual_largest']:.0%})"
                          + ("" if s.get("rank_spearman") is None else
@@ -125,15 +126,13 @@ def reproduction_text(rep: dict[str, Any]) -> str:
     if pr:
         f = pr["factor"]
         text += (f"; the speed probe (a fixed PyTorch convolution, before and after the timing) took {pr['a_ms']:.2f} "
-                 f"then {pr['b_ms']:.2f} ms ({abs(f - 1):.1%} {'slower' if f >= 1 else 'faster'})")
+                 f"then {pr['b_ms']:.2f} ms ({factor_words(f)})")
     c = rep.get("conclusions") or {}
     if c:
         text += (f". What to ship did {'not change' if c['pareto_same'] and c['picks_same'] else 'change'}: the "
                  f"Pareto-optimal artifacts are {'the same' if c['pareto_same'] else 'different'} and the picks under "
                  + ", ".join(f"{k}" for k in c["picks_a"]) + f" ms are {'the same' if c['picks_same'] else 'different'}"
-                 + ("" if c["picks_same"] else " (" + "; ".join(f"{k} ms: {c['picks_a'][k]} -> {c['picks_b'][k]}"
-                                                             for k in c["picks_a"]
-                                                             if c["picks_a"][k] != c["picks_b"][k]) + ")"))
+                 + ("" if c["picks_same"] else " (" + "; ".join(changed_picks(c)) + ")"))
     if rep.get("differences"):
         text += "; settings that differ: " + "; ".join(rep["differences"])
     return text + "."
