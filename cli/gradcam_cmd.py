@@ -135,7 +135,8 @@ def fidelity(
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
     from rich.progress import Progress as Bars
 
-    from bench.fidelity import artifact_fidelity, fidelity_phases, fp32_heatmaps, run_fidelity
+    from bench.fidelity import artifact_fidelity, fp32_heatmaps
+    from bench.fidelity_run import fidelity_phases, run_fidelity
     from bench.localization import fidelity_images
 
     results: dict[str, Any] = {"method": method, "side": side, "n": n, "steps": steps, "runs": [], "artifacts": [],

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from bench import fidelity as F
+from bench import fidelity_run
 from bench import localization as L
 from core.data import DataError
 
@@ -215,12 +216,12 @@ def test_fidelity_of_a_trained_run_and_its_onnx_artifacts(tmp_path_factory, tiny
     from tests.export.conftest import tiny_run
 
     run = tiny_run(tmp_path_factory, tiny_split)
-    res = F.run_fidelity(run, n=4, steps=8, with_road=False)
+    res = fidelity_run.run_fidelity(run, n=4, steps=8, with_road=False)
     assert res["grid"] == [1, 1] and res["mask_source"] == "synthetic lesion masks"
     assert res["lesion_occlusion"]["n_images"] == 4 and -1 <= res["lesion_occlusion"]["lesion_drop"] <= 1
     seen: list = []
-    finer = F.run_fidelity(run, n=4, steps=8, with_road=False, with_int8=False, layer="layer3", on_phase=seen.append)
-    assert seen == F.fidelity_phases(with_road=False) + [None]  # what the CLI's progress bar shows, in order
+    finer = fidelity_run.run_fidelity(run, n=4, steps=8, with_road=False, with_int8=False, layer="layer3", on_phase=seen.append)
+    assert seen == fidelity_run.fidelity_phases(with_road=False) + [None]  # what the CLI's progress bar shows, in order
     assert finer["grid"] == [2, 2] and finer["layer"] == "layer3" and isinstance(finer["sanity"]["passed"], bool)
     assert 0 <= res["deletion_auc"] <= 1 and 0 <= res["insertion_auc"] <= 1
     assert isinstance(res["sanity"]["passed"], bool) and res["seconds_per_heatmap"] > 0
