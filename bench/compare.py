@@ -5,10 +5,11 @@ runtime) and reports per row
 
 - the largest change of the test accuracy figures (the evaluation is deterministic on the same split and
   threshold, so a reproduction changes nothing);
-- the change of p50 latency at each batch size both runs timed, ``|b - a| / min(a, b)`` (the formula of
-  the ``spread`` column), against the spread the two runs stated for that row (the larger of the two):
-  a change inside it is what the runs said to expect, one outside it is drift between the runs that the
-  rounds within one run did not see.
+- the change of p50 latency at each batch size both runs timed, ``|b - a| / min(a, b)``, against the band
+  (``spread``) the two runs stated for that row (the larger of the two): a change inside it is what the
+  runs said to expect, one outside it is drift between the runs that the rounds within one run did not see;
+- the same for the p50 relative to the speed probe timed in the same turns (``b1_rel``, where both runs have
+  it): the figure a machine that runs slower as a whole for an hour does not move.
 
 Latency on a shared machine also moves as a whole between runs (every row slower by a similar factor when the
 host is busier): per batch size the summary gives that factor (geometric mean of the p50 ratios), each row's
@@ -68,6 +69,7 @@ class Comparison:
                 "residual_median": statistics.median(residual), "residual_largest": max(residual),
                 "residual_within_bound": sum(x <= bound for x in residual), "rank_spearman": _spearman(pa, pb),
                 "within_spread": sum(bool(r[f"b{batch}_within_spread"]) for r in rows),
+                **_rel_summary(rows, batch),
                 "within_bound": sum(c <= bound for c in changes), "median_change": statistics.median(changes),
                 "median_spread": statistics.median(r[f"b{batch}_spread"] for r in rows),
                 "largest_change": worst[f"b{batch}_change"], "largest_row": worst["row"]}
@@ -82,9 +84,32 @@ class Comparison:
         return d
 
 
-def _probe_ms(doc: dict[str, Any]) -> float | None:
-    """The mean of a benchmark's speed probes before and after its timing (``bench.latency.speed_probe``)."""
+def _rel_summary(rows: list[dict[str, Any]], batch: int) -> dict[str, Any]:
+    """Counts of the probe-relative p50 (rows where both runs have it): within their band, median change."""
+    rel = [r for r in rows if r.get(f"b{batch}_rel_change") is not None]
+    if not rel:
+        return {}
+    worst = max(rel, key=lambda r: r[f"b{batch}_rel_change"])
+    return {"rel_n": len(rel), "rel_within_spread": sum(bool(r[f"b{batch}_rel_within_spread"]) for r in rel),
+            "rel_median_change": statistics.median(r[f"b{batch}_rel_change"] for r in rel),
+            "rel_median_spread": statistics.median(r[f"b{batch}_rel_spread"] for r in rel),
+            "rel_largest_change": worst[f"b{batch}_rel_change"], "rel_largest_row": worst["row"]}
+
+
+def _versus(ra: dict[str, Any], rb: dict[str, Any], value: str, band: str) -> tuple[float | None, float | None]:
+    """The relative change of column ``value`` from run a to run b and the larger of the two runs' ``band``."""
+    change = relative_change(ra.get(value), rb.get(value))
+    bands = [s for s in (ra.get(band), rb.get(band)) if isinstance(s, (int, float))]
+    return change, max(bands) if bands else None
+
+
+def _probe_ms(doc: dict[str, Any], in_turns: bool = False) -> float | None:
+    """A benchmark's speed probe (``bench.latency``): with ``in_turns``, the mean of its medians timed in turns
+    with the rows (None where it has none), else the mean of the probes before and after its timing."""
     p = doc.get("environment", {}).get("speed_probe") or {}
+    if in_turns:
+        turns = [t["ms"] for t in p.get("in_turns", []) if isinstance(t.get("ms"), (int, float))]
+        return statistics.fmean(turns) if turns else None
     ms = [p.get(k) for k in ("before_ms", "after_ms") if isinstance(p.get(k), (int, float)) and p.get(k) > 0]
     return statistics.fmean(ms) if ms else None
 
@@ -157,19 +182,21 @@ def compare(a: dict[str, Any], b: dict[str, Any], a_name: str = "a", b_name: str
         row: dict[str, Any] = {"row": _name(key), "accuracy_max_change": max(acc) if acc else None,
                                "roc_auc_a": ra.get("roc_auc"), "roc_auc_b": rb.get("roc_auc")}
         for n in batches:
-            pa, pb = ra.get(f"b{n}_p50_ms"), rb.get(f"b{n}_p50_ms")
-            change = relative_change(pa, pb)
+            change, spread = _versus(ra, rb, f"b{n}_p50_ms", f"b{n}_spread")
             if change is None:
                 continue
-            spreads = [s for s in (ra.get(f"b{n}_spread"), rb.get(f"b{n}_spread")) if isinstance(s, (int, float))]
-            spread = max(spreads) if spreads else None
-            row.update({f"b{n}_p50_a": pa, f"b{n}_p50_b": pb, f"b{n}_change": change, f"b{n}_spread": spread,
-                        f"b{n}_within_spread": spread is not None and change <= spread})
+            row.update({f"b{n}_p50_a": ra[f"b{n}_p50_ms"], f"b{n}_p50_b": rb[f"b{n}_p50_ms"], f"b{n}_change": change,
+                        f"b{n}_spread": spread, f"b{n}_within_spread": spread is not None and change <= spread})
+            rel, rel_spread = _versus(ra, rb, f"b{n}_rel", f"b{n}_rel_spread")
+            if rel is not None:
+                row.update({f"b{n}_rel_change": rel, f"b{n}_rel_spread": rel_spread,
+                            f"b{n}_rel_within_spread": rel_spread is not None and rel <= rel_spread})
         cmp.rows.append(row)
     cmp.batches = [n for n in batches if any(f"b{n}_change" in r for r in cmp.rows)]
-    pa, pb = _probe_ms(a), _probe_ms(b)
+    turns = bool(_probe_ms(a, True) and _probe_ms(b, True))
+    pa, pb = _probe_ms(a, turns), _probe_ms(b, turns)
     if pa and pb:
-        cmp.probes = {"a_ms": pa, "b_ms": pb, "factor": pb / pa,
+        cmp.probes = {"a_ms": pa, "b_ms": pb, "factor": pb / pa, "in_turns": turns,
                       "workload": a["environment"]["speed_probe"].get("workload")}
     if cmp.rows and 1 in cmp.batches:
         cmp.conclusions = conclusions(a, b)
@@ -201,16 +228,22 @@ def summary_lines(cmp: Comparison, bound: float = 0.10) -> list[str]:
     for n in cmp.batches:
         s = cmp.summary(n, bound)
         lines.append(f"p50 latency at batch {n}: {s['within_spread']} of {s['n']} rows changed by no more than the "
-                     f"spread their runs stated (median change {s['median_change']:.1%}, median stated spread "
+                     f"band their runs stated (median change {s['median_change']:.1%}, median stated band "
                      f"{s['median_spread']:.1%}); {s['within_bound']} of {s['n']} within {bound:.0%}; largest "
                      f"{s['largest_change']:.0%} ({s['largest_row']}).")
+        if s.get("rel_n"):
+            lines.append(f"  Relative to the speed probe timed in the same turns: {s['rel_within_spread']} of "
+                         f"{s['rel_n']} rows within their stated band (median change {s['rel_median_change']:.1%}, "
+                         f"median band {s['rel_median_spread']:.1%}; largest {s['rel_largest_change']:.0%}, "
+                         f"{s['rel_largest_row']}).")
         lines.append(f"  As a whole the second run was {factor_words(s['machine_factor'])}; after that factor rows "
                      f"moved by a median {s['residual_median']:.1%} (largest {s['residual_largest']:.0%}, "
                      f"{s['residual_within_bound']} of {s['n']} within {bound:.0%}); rank correlation of the rows' "
                      f"p50 {_num(s['rank_spearman'])}.")
     if cmp.probes:
-        lines.append(f"Speed probe ({cmp.probes['workload']}): {cmp.probes['a_ms']:.2f} ms -> {cmp.probes['b_ms']:.2f} "
-                     f"ms ({factor_words(cmp.probes['factor'])}).")
+        lines.append(f"Speed probe ({cmp.probes['workload']}; "
+                     f"{'timed in turns with the rows' if cmp.probes['in_turns'] else 'before and after the timing'}): "
+                     f"{cmp.probes['a_ms']:.2f} ms -> {cmp.probes['b_ms']:.2f} ms ({factor_words(cmp.probes['factor'])}).")
     c = cmp.conclusions
     if c:
         lines.append(f"Conclusions at batch {c['batch']}: Pareto-optimal rows "

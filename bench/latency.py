@@ -3,12 +3,20 @@
 Each timed call is one ``predictor.predict(batch)``, which takes a host (numpy) batch and returns host
 logits, so on a GPU the figure includes the copies in and out and the device is synchronised by the
 returned result (the CUDA device is also synchronised before each timed call). The benchmark loop
-(:mod:`bench.runner`) measures several rounds and reports how far the median of one round lies from
-another's (``spread``), so a reader can see whether a difference between two rows is larger than the
-noise. Each round is cut into short blocks (``block_s``), and the blocks of every round and every
-artifact of a backbone take turns: the speed of a shared machine drifts by tens of percent over seconds
-(measured here: the same ONNX ResNet-18 at 7.3 ms, then 12.4 ms a minute later), and a round made of
-one contiguous stretch would carry that drift into the spread and into the comparison of rows.
+(:mod:`bench.runner`) measures several rounds, one after another, and states for each p50 a band
+(``spread``): the 95% interval within which a repeat of the benchmark should find it, estimated from how far
+the rounds' medians lay apart. Within a round the artifacts take turns in short blocks (``block_s``): the
+speed of a shared machine drifts by tens of percent over seconds (measured here: the same ONNX ResNet-18
+at 7.3 ms, then 12.4 ms a minute later), and turns make that drift hit every row of a round alike. The
+rounds themselves follow each other in time, so the drift over the minutes of a benchmark shows in the band
+instead of hiding in it. (Benchmarks before 2026-12-03 interleaved two rounds block by block and stated
+the range of their medians: two near-simultaneous samples, whose range a stable machine's repeat falls
+inside only a third of the time; 16 of 49 rows did on the Kermany runs.)
+
+A fixed PyTorch convolution (:class:`ProbePredictor`, the speed probe) takes its turns with the artifacts;
+each row's p50 is also stated relative to it (``b1_rel``: p50 / probe p50, round by round), a figure that
+does not move when the whole machine runs slower for an hour (measured here: every row 7-49% slower for
+one hour, then back).
 
 The number of blocks is what makes two rounds agree, not their length: on the 2-core VM the median of
 one 50 ms block of MobileNet-V2 calls varied by 14-22% (coefficient of variation) from block to block,
@@ -21,6 +29,8 @@ the whole round instead of taking them all at the start.
 
 from __future__ import annotations
 
+import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -40,8 +50,8 @@ class LatencyConfig:
     min_iters: int = 10
     max_iters: int = 1000
     budget_s: float = 3.0
-    rounds: int = 2
-    block_s: float = 0.025  # seconds of one block; the blocks of all rounds and artifacts take turns
+    rounds: int = 4  # one after another in time; their medians' scatter gives the band (``spread``)
+    block_s: float = 0.025  # seconds of one block; within a round the blocks of all artifacts take turns
 
     def __post_init__(self) -> None:
         if not self.batches or any(not isinstance(b, int) or b < 1 for b in self.batches):
@@ -53,7 +63,7 @@ class LatencyConfig:
         if not self.budget_s > 0:
             raise ValueError(f"budget_s={self.budget_s} must be > 0 seconds (e.g. 3)")
         if self.rounds < 1:
-            raise ValueError(f"rounds={self.rounds} must be >= 1 (2 shows the spread between repeats)")
+            raise ValueError(f"rounds={self.rounds} must be >= 1 (4 give a usable band; 1 gives none)")
         if not self.block_s > 0:
             raise ValueError(f"block_s={self.block_s} must be > 0 seconds (e.g. 0.1)")
 
@@ -148,19 +158,20 @@ def speed_probe(seconds: float = 1.0, warmup: int = 3) -> float:
 def time_interleaved(predictors: list[tuple[Any, Callable[[], None] | None, np.ndarray]], lat: LatencyConfig,
                      on_turn: Callable[[int, int, int], None] | None = None,
                      ) -> tuple[list[dict[int, list[list[int]]]], dict[int, tuple[BaseException, str]]]:
-    """Time each ``(predictor, sync, inputs)`` (batches are made from its own ``inputs``) in ``lat.rounds`` rounds of ``lat.blocks`` blocks: block ``j`` of every
-    round and predictor before block ``j + 1`` of any, each block bringing its (batch, round) up to its
-    :meth:`LatencyConfig.quota`. After a predictor's block with calls, wait its ``settle_s`` (onnxruntime's
-    spinning threads). ``on_turn(block, round, index)`` follows every turn (a progress bar).
+    """Time each ``(predictor, sync, inputs)`` (batches are made from its own ``inputs``) in ``lat.rounds`` rounds
+    that follow each other, each of ``lat.blocks`` blocks: within a round, block ``j`` of every predictor before
+    block ``j + 1`` of any, each block bringing its (batch, round) up to its :meth:`LatencyConfig.quota`. After
+    a predictor's block with calls, wait its ``settle_s`` (onnxruntime's spinning threads). ``on_turn(block,
+    round, index)`` follows every turn (a progress bar).
 
     Returns, per predictor, ``{batch: [nanoseconds of each call, per round]}``, and ``{index: (error,
     where)}`` for predictors that raised (they are not timed further)."""
     times = [{b: [[] for _ in range(lat.rounds)] for b in lat.batches} for _ in predictors]
     errors: dict[int, tuple[BaseException, str]] = {}
     batches = [{b: make_batch(inputs, b) for b in lat.batches} for _, _, inputs in predictors]
-    for j in range(lat.blocks):
-        seconds, fewest, most = lat.quota(j)
-        for r in range(lat.rounds):
+    for r in range(lat.rounds):
+        for j in range(lat.blocks):
+            seconds, fewest, most = lat.quota(j)
             for i, (predictor, sync, _) in enumerate(predictors):
                 if i in errors:
                     continue
@@ -177,6 +188,46 @@ def time_interleaved(predictors: list[tuple[Any, Callable[[], None] | None, np.n
     return times, errors
 
 
+class ProbePredictor:
+    """The speed probe (:data:`PROBE_WORKLOAD`) as a predictor that takes turns with the artifacts: ``predict``
+    ignores its batch and runs the fixed convolution, so every batch size times the same work."""
+
+    settle_s = 0.0
+
+    def __init__(self) -> None:
+        import torch
+
+        gen = torch.Generator().manual_seed(0)
+        self._x = torch.randn(1, 64, 56, 56, generator=gen)
+        self._w = torch.randn(64, 64, 3, 3, generator=gen) * 0.05
+
+    def predict(self, batch: np.ndarray) -> None:
+        import torch
+
+        with torch.inference_mode():
+            torch.nn.functional.conv2d(self._x, self._w, padding=1)
+
+
+def round_medians(rounds: list[list[int]]) -> list[float]:
+    """Milliseconds at the median of each round's calls (a round without calls is left out)."""
+    return [float(np.median(one)) / 1e6 for one in rounds if one]
+
+
+def row_figures(per_batch: dict[int, list[list[int]]], probe_rounds: list[float] | None) -> dict[str, Any]:
+    """Row columns of one timed predictor: per batch size the percentiles over all calls (:func:`summarize`),
+    the band of the round medians (``spread``), and, given the probe's median per round, ``b{n}_rel`` (p50 /
+    probe p50) with its own band from the round-by-round ratios."""
+    out: dict[str, Any] = {}
+    for b, rounds in per_batch.items():
+        p50s = [float(np.median(one)) / 1e6 if one else math.nan for one in rounds]
+        out.update(flat(b, summarize([ns for one in rounds for ns in one], b), [x for x in p50s if x == x]))
+        if probe_rounds and len(probe_rounds) == len(p50s):
+            ratios = [x / p for x, p in zip(p50s, probe_rounds) if x == x and p > 0]
+            out[f"b{b}_rel"] = out[f"b{b}_p50_ms"] / float(np.median(probe_rounds))
+            out[f"b{b}_rel_spread"] = spread(ratios)
+    return out
+
+
 def summarize(times_ns: list[int], batch: int) -> dict[str, float]:
     """p50/p90/p99/mean/std in milliseconds and throughput (images/s at the median) of one batch size."""
     ms = np.asarray(times_ns, np.float64) / 1e6
@@ -187,10 +238,18 @@ def summarize(times_ns: list[int], batch: int) -> dict[str, float]:
 
 
 def spread(round_p50s: list[float]) -> float | None:
-    """Relative spread of the medians of repeated rounds: (max - min) / min; None with one round."""
-    if len(round_p50s) < 2 or min(round_p50s) <= 0:
+    """The band of a p50 from the medians of its rounds, relative: half the width of the 95% interval for the
+    difference between this benchmark's mean round median and a repeat's, ``t(0.975, k - 1) * sd * sqrt(2 / k)
+    / mean`` over ``k`` rounds (Student's t). A repeat on the machine as it ran during these rounds should
+    land within it 19 times in 20; the fewer the rounds, the wider it is (2 rounds: 9x their difference).
+    None with fewer than two rounds."""
+    k = len(round_p50s)
+    if k < 2 or min(round_p50s) <= 0:
         return None
-    return float((max(round_p50s) - min(round_p50s)) / min(round_p50s))
+    from scipy.stats import t
+
+    mean = statistics.fmean(round_p50s)
+    return float(t.ppf(0.975, k - 1) * statistics.stdev(round_p50s) * math.sqrt(2 / k) / mean)
 
 
 def flat(batch: int, stats: dict[str, float], round_p50s: list[float]) -> dict[str, Any]:

@@ -91,16 +91,27 @@ def training_section(doc: dict[str, Any], runs: dict[str, dict[str, Any]]) -> li
 
 
 def latency_repeatability(doc: dict[str, Any], bound: float = 0.10) -> str:
-    """How far the two timing rounds of each ok row lay apart at batch 1 (the ``spread`` column), in words."""
-    spreads = [r["b1_spread"] for r in doc.get("rows", []) if r.get("status") == "ok" and r.get("b1_spread") is not None]
+    """What the ± band of the p50 at batch 1 (the ``spread`` column) says, and how wide it was here, in words."""
+    ok = [r for r in doc.get("rows", []) if r.get("status") == "ok"]
+    spreads = [r["b1_spread"] for r in ok if r.get("b1_spread") is not None]
     if not spreads:
-        return "Latency: no row has a spread (one timing round)."
-    within = sum(1 for x in spreads if x < bound)
-    return (f"Latency depends on the machine's load: here {within} of {len(spreads)} rows' two timing rounds lay within "
-            f"{bound:.0%} of each other at batch 1 (median spread {statistics.median(spreads):.0%}, largest "
-            f"{max(spreads):.0%}); read a difference between two rows smaller than their spread as noise. That is the "
-            f"spread within one run, whose rows took turns on the machine; a whole run can be faster or slower than "
-            f"another on a shared machine, so compare rows of one run with each other, not figures across runs.")
+        return "Latency: no row has a band (one timing round)."
+    rounds = doc.get("environment", {}).get("settings", {}).get("latency", {}).get("rounds", "several")
+    text = (f"Each p50 carries a ± band: the 95% interval within which a repeat of the benchmark should find it on "
+            f"this machine running at the speed it had, from the medians of {rounds} rounds timed one after another "
+            f"(here {sum(1 for x in spreads if x <= bound)} of {len(spreads)} bands at batch 1 within ±{bound:.0%}; "
+            f"median ±{statistics.median(spreads):.1%}, widest ±{max(spreads):.0%}); read a difference between two "
+            f"rows smaller than their bands as noise.")
+    rel = [r["b1_rel_spread"] for r in ok if r.get("b1_rel_spread") is not None]
+    probe = [t["ms"] for t in doc.get("environment", {}).get("speed_probe", {}).get("in_turns", [])]
+    if rel and probe:
+        text += (f" A shared machine can also run slower or faster as a whole for an hour (measured here: every row "
+                 f"7-49% slower for one hour, then back), which no band from one run can foresee; so each row is also "
+                 f"stated relative to a speed probe (a fixed PyTorch convolution) timed in the same turns, "
+                 f"{statistics.fmean(probe):.2f} ms in this run: the column b1 / probe (median band "
+                 f"±{statistics.median(rel):.1%}) is the figure to compare across runs and hours, and ms figures "
+                 f"scale with the probe.")
+    return text
 
 
 def reproduction_text(rep: dict[str, Any]) -> str:
@@ -113,8 +124,12 @@ def reproduction_text(rep: dict[str, Any]) -> str:
     for s in rep.get("summary", []):
         if s.get("n"):
             text += (f"; p50 at batch {s['batch']}: {s['within_spread']} of {s['n']} rows moved by no more than their "
-                     f"stated spread and {s['within_bound']} within {s['bound']:.0%} (median change "
+                     f"stated band and {s['within_bound']} within {s['bound']:.0%} (median change "
                      f"{s['median_change']:.1%}, largest {s['largest_change']:.0%}, {s['largest_row']})")
+            if s.get("rel_n"):
+                text += (f"; relative to the speed probe timed in the same turns {s['rel_within_spread']} of "
+                         f"{s['rel_n']} within their stated band (median change {s['rel_median_change']:.1%}, "
+                         f"largest {s['rel_largest_change']:.0%}, {s['rel_largest_row']})")
             if s.get("machine_factor") is not None:
                 f = s["machine_factor"]
                 text += (f": as a whole this run was {factor_words(f)}, and after "
@@ -125,8 +140,9 @@ def reproduction_text(rep: dict[str, Any]) -> str:
     pr = rep.get("probes") or {}
     if pr:
         f = pr["factor"]
-        text += (f"; the speed probe (a fixed PyTorch convolution, before and after the timing) took {pr['a_ms']:.2f} "
-                 f"then {pr['b_ms']:.2f} ms ({factor_words(f)})")
+        text += (f"; the speed probe (a fixed PyTorch convolution, "
+                 f"{'timed in turns with the rows' if pr.get('in_turns') else 'before and after the timing'}) took "
+                 f"{pr['a_ms']:.2f} then {pr['b_ms']:.2f} ms ({factor_words(f)})")
     c = rep.get("conclusions") or {}
     if c:
         text += (f". What to ship did {'not change' if c['pareto_same'] and c['picks_same'] else 'change'}: the "

@@ -38,7 +38,7 @@ def describe(r: dict[str, Any], batch: int) -> str:
     return (f"{r['backbone']} {r['format']} {r['precision']} ({r.get('runtime')}): test ROC-AUC {r['roc_auc']:.3f} "
             f"(95% CI {r['roc_auc_lo']:.3f}-{r['roc_auc_hi']:.3f}), sensitivity {r['sensitivity']:.3f}, specificity "
             f"{r['specificity']:.3f}, p50 {r[f'b{batch}_p50_ms']:.2f} ms at batch {batch}"
-            + (f" (spread {100 * spread:.0f}%)" if _ok(spread) else "")
+            + (f" (±{100 * spread:.0f}% for a repeat)" if _ok(spread) else "")
             + f", p99 {r.get(f'b{batch}_p99_ms', math.nan):.2f} ms, {mb}")
 
 

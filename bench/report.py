@@ -76,12 +76,13 @@ def _auc_cell(r: dict[str, Any]) -> str:
     return f"{r['roc_auc']:.3f} ({r['roc_auc_lo']:.3f}-{r['roc_auc_hi']:.3f})"
 
 
-def _latency_cell(r: dict[str, Any], batch: int) -> str:
-    p50 = r.get(f"b{batch}_p50_ms")
+def _latency_cell(r: dict[str, Any], batch: int, figure: str = "p50_ms") -> str:
+    """``p50 ±band%`` of a batch size; ``figure="rel"``: the p50 relative to the speed probe and its band."""
+    p50 = r.get(f"b{batch}_{figure}")
     if not _finite(p50):
         return ""
     digits = ".2f" if p50 < 10 else ".1f"
-    s = r.get(f"b{batch}_spread")
+    s = r.get(f"b{batch}_{'spread' if figure == 'p50_ms' else figure + '_spread'}")
     return f"{p50:{digits}}" + (f" ±{100 * s:.0f}%" if _finite(s) else "")
 
 
@@ -110,7 +111,7 @@ def _reason(r: dict[str, Any]) -> str:
     return "; ".join(p for p in parts if p)
 
 
-_COMPACT_DROP = ("F1", "p99 ms b1", "params M", "GFLOPs")
+_COMPACT_DROP = ("F1", "p99 ms b1", "params M", "GFLOPs", "b1 / probe")
 
 
 def columns(rows: list[dict[str, Any]], batches: list[int], compact: bool = False) -> list[tuple[str, Any]]:
@@ -128,7 +129,8 @@ def columns(rows: list[dict[str, Any]], batches: list[int], compact: bool = Fals
         ("sens", lambda r: _f(r.get("sensitivity"), ".3f")),
         ("spec", lambda r: _f(r.get("specificity"), ".3f")),
         ("F1", lambda r: _f(r.get("f1"), ".3f")),
-        ("p50 ms b1 (spread)", lambda r: _latency_cell(r, 1) if 1 in batches else ""),
+        ("p50 ms b1 (±band)", lambda r: _latency_cell(r, 1) if 1 in batches else ""),
+        ("b1 / probe", lambda r: _latency_cell(r, 1, "rel")),
         ("p99 ms b1", lambda r: _f(r.get("b1_p99_ms"), ".2f")),
         (f"p50 ms b{big}", lambda r: _latency_cell(r, big)),
         ("img/s (best batch)", _best_ips),
@@ -140,6 +142,8 @@ def columns(rows: list[dict[str, Any]], batches: list[int], compact: bool = Fals
     ]
     if 1 not in batches:
         cols = [c for c in cols if "b1" not in c[0]]
+    if not any(_finite(r.get("b1_rel")) for r in rows):
+        cols = [c for c in cols if c[0] != "b1 / probe"]
     if compact:
         cols = [c for c in cols if c[0] not in _COMPACT_DROP]
     cols += [(_EXTRA_HEADERS.get(k, k), lambda r, k=k: _extra_cell(r.get(k))) for k in extra_columns(rows)]
@@ -211,7 +215,9 @@ def markdown(doc: dict[str, Any]) -> str:
         out.append("| " + " | ".join(cells) + " |")
     out += ["", "Pareto: L = no other row on this device has a higher test ROC-AUC at a lower p50 latency (batch 1); "
             "B = the same against bytes on disk. ΔAUC and agree: against PyTorch eager FP32 of the same run. "
-            "spread: (max - min) / min of the medians of repeated, interleaved rounds.", ""]
+            "±band: the 95% interval for a repeat's p50 on this machine at the speed it ran, from the medians of "
+            "rounds timed one after another. b1 / probe: p50 at batch 1 relative to a fixed PyTorch convolution "
+            "timed in the same turns (unchanged when the whole machine is slower).", ""]
     for reason, i in notes.items():
         out.append(f"{i}. {reason}")
     if not doc.get("complete", True):

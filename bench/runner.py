@@ -9,13 +9,15 @@ For each backbone (in manifest order) the loop
    at the run's validation threshold (:func:`core.metrics.summarize`, bootstrap 95 % CIs), compares its
    decisions and ROC-AUC with the PyTorch FP32 row, and applies the per-row metric hooks
    (:data:`ROW_METRICS`);
-3. times the loaded targets in ``rounds`` rounds, each cut into short blocks that take turns across
-   rounds and targets (block 1 of round 1 of every target, block 1 of round 2 …, then block 2 …), so that
-   drift of the machine hits every row and every round alike and the spread between rounds shows the noise.
+3. times the loaded targets in ``rounds`` rounds, one after another, each cut into short blocks that take
+   turns across the targets (block 1 of every target, then block 2 …), so that drift of the machine hits
+   every row of a round alike, while the drift over the minutes of the benchmark shows in the band
+   (``spread``) that the rounds' medians give each p50.
    By default (``interleave="all"``) this happens once, for the targets of every backbone together, after
    all are scored; ``interleave="backbone"`` times each backbone's targets before loading the next.
 
-A fixed PyTorch convolution (:func:`bench.latency.speed_probe`) is timed before and after, so that a
+A fixed PyTorch convolution (the speed probe, :mod:`bench.latency`) is timed before and after, and on the
+CPU also in turns with the targets: each row's p50 is stated relative to it as well (``b1_rel``), so that a
 machine whose speed changed between two benchmarks shows it (`cxr-edge compare`). Reading and writing
 results.json is :mod:`bench.results_file`.
 
@@ -180,12 +182,12 @@ def bench_artifacts(artifacts_dir: str | Path, config: BenchConfig, progress: bo
             waiting += live
             del live
             if config.interleave == "backbone":
-                _time_interleaved(waiting, config, bar, name)
+                _in_turns(probe, _time_interleaved(waiting, config, bar, name))
                 waiting = []
             if on_backbone:
                 on_backbone(doc)
         if waiting:
-            _time_interleaved(waiting, config, bar, f"all {len(groups)} backbones")
+            _in_turns(probe, _time_interleaved(waiting, config, bar, f"all {len(groups)} backbones"))
             waiting = []
     probe["after_ms"] = latency.speed_probe()
     from bench.report import mark_pareto
@@ -195,18 +197,26 @@ def bench_artifacts(artifacts_dir: str | Path, config: BenchConfig, progress: bo
     return doc
 
 
+def _in_turns(probe: dict[str, Any], timed: dict[str, Any] | None) -> None:
+    if timed is not None:
+        probe.setdefault("in_turns", []).append(timed)
+
+
 def method_text(config: BenchConfig, threads: int) -> str:
     lat = config.latency
     return (f"Accuracy on the test side of each run's saved split at the run's validation threshold; bootstrap "
             f"95% CIs ({config.n_boot} stratified replicates, seed {config.seed}); agreement and ROC-AUC change "
             f"against PyTorch eager FP32 of the same run. Latency: predict() on host float32 batches "
-            f"{', '.join(map(str, lat.batches))}, {lat.warmup} warm-up calls per batch, then {lat.rounds} rounds, "
-            f"each >= {lat.min_iters} calls or {lat.slot_s:.2f} s per batch, cut into {lat.blocks} blocks that take "
-            f"turns across the rounds and {'all artifacts of all backbones' if config.interleave == 'all' else 'the artifacts of a backbone'} (after block j of a round it has had "
-            f"(j+1)/{lat.blocks} of its seconds and calls), timed with time.perf_counter_ns"
-            f"{' with torch.cuda.synchronize()' if config.device == 'cuda' else ''}; p50/p90/p99 over all rounds, "
-            f"spread = (max - min) / min of the round medians. Threads: {threads} (torch, onnxruntime intra-op, "
-            f"OpenVINO INFERENCE_NUM_THREADS).")
+            f"{', '.join(map(str, lat.batches))}, {lat.warmup} warm-up calls per batch, then {lat.rounds} rounds "
+            f"one after another, each >= {lat.min_iters} calls or {lat.slot_s:.2f} s per batch, cut into {lat.blocks} "
+            f"blocks that take turns across {'all artifacts of all backbones' if config.interleave == 'all' else 'the artifacts of a backbone'}"
+            f"{' and the speed probe (' + latency.PROBE_WORKLOAD.split(', median')[0] + ')' if config.device == 'cpu' else ''} "
+            f"(after block j of a round it has had (j+1)/{lat.blocks} of its seconds and calls), timed with "
+            f"time.perf_counter_ns{' with torch.cuda.synchronize()' if config.device == 'cuda' else ''}; p50/p90/p99 "
+            f"over all rounds; spread (the ± band) = half-width of the 95% interval for a repeat's p50 from the round "
+            f"medians, t(0.975, k-1) * sd * sqrt(2/k) / mean over k rounds"
+            f"{'; rel = p50 / the probe p50 timed in the same turns, its band from the round-by-round ratios' if config.device == 'cpu' else ''}"
+            f". Threads: {threads} (torch, onnxruntime intra-op, OpenVINO INFERENCE_NUM_THREADS).")
 
 
 def bench_backbone(name: str, records: list[dict[str, Any]], artifacts_dir: Path, config: BenchConfig,
@@ -407,33 +417,37 @@ def agreement_columns(probs: np.ndarray, reference: np.ndarray | None, auc: floa
 
 
 def _time_interleaved(live: list[tuple[Target, dict[str, Any], Any, np.ndarray]], config: BenchConfig, bar,
-                      label: str) -> None:
-    """Time the live targets in turns (:func:`bench.latency.time_interleaved`), give each row its figures
-    (percentiles over all calls, spread of the round medians; a target that raised becomes a failed row),
-    then release the predictors."""
+                      label: str) -> dict[str, Any] | None:
+    """Time the live targets in turns (:func:`bench.latency.time_interleaved`), on the CPU with the speed probe
+    (:class:`bench.latency.ProbePredictor`) taking its turns too, give each row its figures
+    (:func:`bench.latency.row_figures`; a target that raised becomes a failed row), then release the
+    predictors. Returns the probe's median per round (None off the CPU or when it failed)."""
     lat = config.latency
-    task = bar.add_task(f"timing {label}", total=len(live) * lat.rounds) if bar is not None else None
+    task = bar.add_task(f"timing {label}", total=(len(live) + 1) * lat.rounds) if bar is not None else None
 
     def turn(j: int, r: int, i: int) -> None:
         _advance(bar, task, f"timing {label}: round {r + 1}/{lat.rounds}, block {j + 1}/{lat.blocks}",
                  1 / lat.blocks)
 
-    times, errors = latency.time_interleaved([(p, t.sync, x) for t, _, p, x in live], lat, turn)
+    timed = [(p, t.sync, x) for t, _, p, x in live]
+    if config.device == "cpu":
+        timed.append((latency.ProbePredictor(), None, np.zeros((1, 1), np.float32)))
+    times, errors = latency.time_interleaved(timed, lat, turn)
+    probe = None
+    if config.device == "cpu" and len(live) not in errors:
+        probe = latency.round_medians([sum((times[-1][b][r] for b in lat.batches), []) for r in range(lat.rounds)])
     for i, (t, row, _, _) in enumerate(live):
         if i in errors:
             row.update(status="failed", error=_error(*errors[i]))
             continue
-        for b in lat.batches:
-            rounds = times[i][b]
-            pooled = [ns for one in rounds for ns in one]
-            p50s = [float(np.median(one)) / 1e6 for one in rounds]
-            row.update(latency.flat(b, latency.summarize(pooled, b), p50s))
+        row.update(latency.row_figures(times[i], probe))
     live.clear()
     gc.collect()
     if config.device == "cuda":
         import torch
 
         torch.cuda.empty_cache()
+    return None if probe is None else {"timed": label, "round_ms": probe, "ms": float(np.median(probe))}
 
 
 def _advance(bar, task, description: str, advance: float = 1) -> None:

@@ -25,10 +25,10 @@ def bench(
     budget_s: Annotated[float, typer.Option("--budget-s", help="Seconds of timed calls per artifact, over all batch "
                                             "sizes and rounds (each gets an equal share, at least --min-iters "
                                             "calls).")] = 3.0,
-    rounds: Annotated[int, typer.Option("--rounds", help="Timing rounds; the table shows the spread of their "
-                                        "medians.")] = 2,
+    rounds: Annotated[int, typer.Option("--rounds", help="Timing rounds, one after another; the table's ± band "
+                                        "(95% for a repeat's p50) comes from their medians: 4 or more.")] = 4,
     block_s: Annotated[float, typer.Option("--block-s", help="Rounds are cut into blocks of about this many seconds "
-                                           "that take turns across rounds and the artifacts of a backbone, so the "
+                                           "that take turns across the artifacts (and the speed probe), so the "
                                            "machine's drift hits all alike; more blocks, steadier rounds.")] = 0.025,
     interleave: Annotated[str, typer.Option("--interleave", help="all: load every artifact, then time all in "
                                             "turns, so rows of different backbones share the machine's minutes; "
@@ -173,7 +173,7 @@ def compare(
     table.add_column("max |Δ| accuracy", justify="right")
     for n in cmp.batches:
         table.add_column(f"b{n} p50 ms", justify="right")
-        table.add_column(f"b{n} change (spread)", justify="right")
+        table.add_column(f"b{n} change (band)", justify="right")
     for r in cmp.rows:
         cells = [r["row"], "n/a" if r["accuracy_max_change"] is None else f"{r['accuracy_max_change']:.4f}"]
         for n in cmp.batches:

@@ -1,4 +1,4 @@
-"""`cxr-edge compare`: two benchmarks of the same artifacts, row by row, against the spread they stated."""
+"""`cxr-edge compare`: two benchmarks of the same artifacts, row by row, against the band they stated."""
 
 from __future__ import annotations
 
@@ -46,6 +46,33 @@ def test_a_change_inside_the_stated_spread_reproduces_and_one_outside_does_not()
     assert "1 of 2 rows have identical test figures" in text and "threads_used: 1 -> 2" in text
 
 
+def test_the_p50_relative_to_the_probe_reproduces_where_the_machine_was_slower_as_a_whole():
+    """Run b 20% slower in every row and in its probe timed in turns: the ms figures leave their band, the
+    probe-relative ones do not; the probe factor is the in-turns one."""
+    a = _doc([_row("onnx", 10.0, 0.03), _row("openvino", 20.0, 0.03)])
+    b = _doc([_row("onnx", 12.0, 0.03), _row("openvino", 24.4, 0.03)])
+    for doc, probe in ((a, 2.0), (b, 2.4)):
+        for r in doc["rows"]:
+            r["b1_rel"], r["b1_rel_spread"] = r["b1_p50_ms"] / probe, 0.02
+        doc["environment"]["speed_probe"] = {"workload": "w", "before_ms": 9.0, "after_ms": 9.0,
+                                             "in_turns": [{"timed": "all", "round_ms": [probe] * 4, "ms": probe}]}
+    cmp = compare.compare(a, b)
+    s = cmp.summary(1, 0.10)
+    assert s["within_spread"] == 0 and (s["rel_n"], s["rel_within_spread"]) == (2, 2)
+    assert s["rel_largest_change"] == pytest.approx(24.4 / 24 - 1) and s["rel_largest_row"].startswith("resnet18 openvino")
+    assert cmp.probes["in_turns"] and cmp.probes["factor"] == pytest.approx(1.2)
+    text = " ".join(compare.summary_lines(cmp))
+    assert "Relative to the speed probe timed in the same turns: 2 of 2 rows within their stated band" in text
+    rep = publish.reproduction_text(cmp.to_dict(0.10))
+    assert "relative to the speed probe timed in the same turns 2 of 2 within their stated band" in rep
+    assert "timed in turns with the rows) took 2.00 then 2.40 ms (20.0% slower)" in rep
+    # one run without the in-turns probe: the before/after probes are compared, and no row has a relative change
+    del a["environment"]["speed_probe"]["in_turns"], a["rows"][0]["b1_rel"]
+    cmp = compare.compare(a, b)
+    assert not cmp.probes["in_turns"] and cmp.probes["factor"] == pytest.approx(1.0)
+    assert cmp.summary(1, 0.10)["rel_n"] == 1
+
+
 def test_relative_change_is_the_spread_formula():
     assert compare.relative_change(10, 12) == pytest.approx(0.2) == compare.relative_change(12, 10)
     assert compare.relative_change(0, 1) is None and compare.relative_change(None, 1) is None
@@ -58,7 +85,7 @@ def test_cli_writes_json_fails_on_request_and_the_report_quotes_it(tmp_path):
     cli = CliRunner()
     r = cli.invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--json", str(tmp_path / "c.json")])
     assert r.exit_code == 0, r.output
-    assert "1 of 2 rows changed by no more than the spread" in " ".join(r.output.split())
+    assert "1 of 2 rows changed by no more than the band" in " ".join(r.output.split())
     rep = json.loads((tmp_path / "c.json").read_text())
     assert rep["summary"][0]["within_spread"] == 1 and rep["accuracy_identical"] == 1
     assert cli.invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--fail"]).exit_code == 1

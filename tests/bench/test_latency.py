@@ -16,14 +16,29 @@ def test_summarize_matches_numpy():
     assert s["ips"] == pytest.approx(4 * 1000 / 3.0) and s["iters"] == 5
 
 
-def test_spread_is_relative_to_the_faster_round():
-    assert latency.spread([10.0, 11.0]) == pytest.approx(0.1)
+def test_spread_is_the_95_percent_band_for_a_repeat():
+    """Four rounds 10, 11, 10, 11 ms: mean 10.5, sd 0.5774, t(0.975, 3) = 3.1824: 3.1824 * 0.5774 * sqrt(2/4) / 10.5."""
+    assert latency.spread([10.0, 11.0, 10.0, 11.0]) == pytest.approx(3.1824 * 0.57735 * 0.70711 / 10.5, rel=1e-3)
+    # two rounds: t(0.975, 1) = 12.706, sd = |a - b| / sqrt(2), sqrt(2/2) = 1 -> about 9x their difference
+    assert latency.spread([10.0, 10.1]) == pytest.approx(12.706 * 0.1 / 2 ** 0.5 / 10.05, rel=1e-3)
+    assert latency.spread([10.0] * 4) == 0.0
     assert latency.spread([5.0]) is None
+
+
+def test_a_stable_machine_repeat_lands_inside_the_band_about_19_times_in_20():
+    """Simulated benchmarks of 4 rounds, each round median 10 ms with 3% noise: the p50 of a repeat (mean of
+    its rounds) falls within the first benchmark's band in about 95% of pairs (the band's definition)."""
+    rng = np.random.default_rng(0)
+    hits = 0
+    for _ in range(2000):
+        a, b = rng.normal(10.0, 0.3, 4), rng.normal(10.0, 0.3, 4)
+        hits += abs(b.mean() - a.mean()) / a.mean() <= latency.spread(list(a))
+    assert 0.93 < hits / 2000 < 0.97
 
 
 def test_flat_names_columns_by_batch():
     row = latency.flat(8, latency.summarize([2_000_000] * 3, 8), [2.0, 2.2])
-    assert row["b8_p50_ms"] == pytest.approx(2.0) and row["b8_spread"] == pytest.approx(0.1)
+    assert row["b8_p50_ms"] == pytest.approx(2.0) and row["b8_spread"] == pytest.approx(latency.spread([2.0, 2.2]))
     assert set(row) >= {"b8_p90_ms", "b8_p99_ms", "b8_mean_ms", "b8_std_ms", "b8_ips", "b8_iters"}
 
 
@@ -131,9 +146,29 @@ def test_a_predictor_that_raises_is_reported_and_not_timed_further():
     x = np.zeros((2, 1, 4, 4), np.float32)
     times, errors = latency.time_interleaved([(flaky, None, x), (Steady(), None, x)], lat,
                                              on_turn=lambda j, r, i: turns.append((j, r, i)))
-    assert list(errors) == [0] and "device lost" in str(errors[0][0]) and errors[0][1] == "latency round 2, block 1"
+    assert list(errors) == [0] and "device lost" in str(errors[0][0]) and errors[0][1] == "latency round 1, block 2"
     assert flaky.calls == 3 and [len(x) for x in times[1][1]] == [4, 4]  # the other one keeps its full rounds
-    assert turns[:4] == [(0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1)] and turns[4:] == [(1, 0, 1), (1, 1, 1)]
+    # rounds follow each other; within a round the predictors take turns block by block
+    assert turns == [(0, 0, 0), (0, 0, 1), (1, 0, 0), (1, 0, 1), (0, 1, 1), (1, 1, 1)]
+
+
+def test_row_figures_state_the_p50_relative_to_the_probe_timed_in_the_same_rounds():
+    """A row twice as slow as the probe in every round, while the machine slowed by half in the last two
+    rounds: its p50 band is wide (the machine moved) but its ratio to the probe is exactly 2 with no band."""
+    ms = [4.0, 4.0, 6.0, 6.0]
+    per_batch = {1: [[int(m * 1e6)] * 5 for m in ms]}
+    row = latency.row_figures(per_batch, probe_rounds=[m / 2 for m in ms])
+    assert row["b1_p50_ms"] == pytest.approx(5.0) and row["b1_spread"] > 0.3
+    assert row["b1_rel"] == pytest.approx(5.0 / 2.5) and row["b1_rel_spread"] == 0.0
+    assert "b1_rel" not in latency.row_figures(per_batch, probe_rounds=None)
+
+
+def test_the_probe_predictor_ignores_its_batch_and_takes_turns():
+    probe = latency.ProbePredictor()
+    lat = latency.LatencyConfig(batches=(1, 8), warmup=0, min_iters=2, max_iters=2, budget_s=0.01, rounds=2)
+    times, errors = latency.time_interleaved([(probe, None, np.zeros((1, 1), np.float32))], lat)
+    assert not errors and [len(r) for r in times[0][8]] == [2, 2]
+    assert len(latency.round_medians(times[0][1])) == 2
 
 
 def test_speed_probe_times_the_fixed_convolution():

@@ -72,6 +72,13 @@ def test_latency_repeatability_counts_rows_within_the_bound():
     from bench.publish import latency_repeatability
 
     rows = [{"status": "ok", "b1_spread": s} for s in (0.02, 0.05, 0.30)] + [{"status": "failed", "b1_spread": 0.9}]
-    text = latency_repeatability({"rows": rows})
-    assert "2 of 3 rows" in text and "median spread 5%" in text and "largest 30%" in text
-    assert "no row has a spread" in latency_repeatability({"rows": [{"status": "ok", "b1_spread": None}]})
+    env = {"settings": {"latency": {"rounds": 4}}}
+    text = " ".join(latency_repeatability({"rows": rows, "environment": env}).split())
+    assert "medians of 4 rounds" in text and "2 of 3 bands" in text and "median ±5.0%" in text and "widest ±30%" in text
+    assert "probe" not in text  # no row stated relative to the probe: nothing said about it
+    assert "no row has a band" in latency_repeatability({"rows": [{"status": "ok", "b1_spread": None}]})
+    for r, rel in zip(rows, (0.01, 0.02, 0.04)):
+        r["b1_rel_spread"] = rel
+    env["speed_probe"] = {"in_turns": [{"ms": 2.0}, {"ms": 3.0}]}
+    text = " ".join(latency_repeatability({"rows": rows, "environment": env}).split())
+    assert "2.50 ms in this run" in text and "b1 / probe (median band ±2.0%)" in text

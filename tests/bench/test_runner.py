@@ -112,6 +112,12 @@ def test_environment_is_recorded(results):
     assert env["settings"]["threads_used"] == 2 and "perf_counter_ns" in results["method"]
     probe = env["speed_probe"]  # the machine's speed before and after the timing, for `cxr-edge compare`
     assert probe["before_ms"] > 0 and probe["after_ms"] > 0 and "conv2d" in probe["workload"]
+    # and in turns with the rows, which are stated relative to it
+    [turns] = probe["in_turns"]
+    assert turns["timed"].startswith("all") and len(turns["round_ms"]) == env["settings"]["latency"]["rounds"]
+    ok = [r for r in results["rows"] if r["status"] == "ok"]
+    assert ok and all(r["b1_rel"] == pytest.approx(r["b1_p50_ms"] / turns["ms"]) for r in ok)
+    assert "speed probe" in results["method"] and "95% interval" in results["method"]
 
 
 def test_a_missing_run_fails_its_rows_and_the_loop_goes_on(clean_artifacts, tmp_path):
@@ -151,9 +157,10 @@ def test_unknown_backbone_filter_is_a_clear_error(clean_artifacts):
         runner.bench_artifacts(clean_artifacts, fast_config(backbones=("vit_base_patch16_224",)), progress=False)
 
 
-def test_timing_blocks_take_turns_across_rounds_and_targets(monkeypatch):
-    """Block j of every round and target before block j + 1 of any: drift hits every row and round alike;
-    after an onnxruntime-like predictor's block the loop waits its settle_s."""
+def test_timing_blocks_take_turns_across_targets_and_the_probe_round_after_round(monkeypatch):
+    """Within a round, block j of every target (and of the speed probe) before block j + 1 of any: drift hits
+    every row of a round alike; rounds follow each other; after an onnxruntime-like predictor's block the loop
+    waits its settle_s. Each row is also stated relative to the probe."""
     from bench.backends import Target
     from bench.latency import LatencyConfig
 
@@ -176,13 +183,15 @@ def test_timing_blocks_take_turns_across_rounds_and_targets(monkeypatch):
     live[0][2].settle_s = 0.5
     sleeps: list[float] = []
     monkeypatch.setattr(runner.time, "sleep", sleeps.append)
-    runner._time_interleaved(live, runner.BenchConfig(latency=lat), None, "b")
-    # per block: a target times batch 1 twice, then batch 2 twice; the order of targets repeats per round
+    probe = runner._time_interleaved(live, runner.BenchConfig(latency=lat), None, "b")
+    # per block: a target times batch 1 twice, then batch 2 twice; the order of targets repeats per block
     one_block = [(f, b) for f in ("onnx", "openvino") for b in (1, 1, 2, 2)]
     assert calls == one_block * 4  # 2 blocks x 2 rounds
-    assert sleeps == [0.5, 0.0] * 4
+    assert sleeps == [0.5, 0.0, 0.0] * 4  # onnx, openvino, the probe
+    assert probe["timed"] == "b" and len(probe["round_ms"]) == 2 and probe["ms"] > 0
     row = rows[0]
     assert row["b1_iters"] == 8 and row["b2_iters"] == 8 and row["b1_spread"] is not None
+    assert row["b1_rel"] == pytest.approx(row["b1_p50_ms"] / probe["ms"]) and row["b1_rel_spread"] is not None
     assert live == []  # the predictors are released once timed
 
 
