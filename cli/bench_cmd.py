@@ -153,11 +153,12 @@ def compare(
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the comparison here (JSON), "
                                                      "e.g. for `cxr-edge report --reproduction`.")] = None,
     fail: Annotated[bool, typer.Option("--fail/--no-fail", help="Exit with status 1 when an accuracy figure "
-                                       "changed or a p50 changed by more than its stated spread and --bound.")]
+                                       "changed or a p50 changed by more than its stated band and --bound.")]
     = False,
 ) -> None:
     """Does a second benchmark of the same artifacts reproduce the first? Per row: the change of the test
-    accuracy figures and of p50 latency at each batch size, against the spread the runs stated."""
+    accuracy figures and of p50 latency at each batch size, against the band the runs stated, and (where both
+    runs timed the speed probe in turns with the rows) of p50 relative to the probe."""
     from rich.table import Table
 
     from bench.compare import compare as compare_docs
@@ -171,18 +172,28 @@ def compare(
     table = Table(title=f"{first} -> {second}")
     table.add_column("Row")
     table.add_column("max |Δ| accuracy", justify="right")
+    rel = [n for n in cmp.batches if any(f"b{n}_rel_change" in r for r in cmp.rows)]
     for n in cmp.batches:
         table.add_column(f"b{n} p50 ms", justify="right")
         table.add_column(f"b{n} change (band)", justify="right")
+        if n in rel:
+            table.add_column(f"b{n} / probe change (band)", justify="right")
+
+    def cell(change: float, band: float | None, within: bool) -> str:
+        mark = "" if within or change <= bound else " [red]!"
+        return f"{change:.0%} ({'n/a' if band is None else f'{band:.0%}'}){mark}"
+
     for r in cmp.rows:
         cells = [r["row"], "n/a" if r["accuracy_max_change"] is None else f"{r['accuracy_max_change']:.4f}"]
         for n in cmp.batches:
             if f"b{n}_change" not in r:
-                cells += ["", ""]
+                cells += [""] * (3 if n in rel else 2)
                 continue
-            spread = "n/a" if r[f"b{n}_spread"] is None else f"{r[f'b{n}_spread']:.0%}"
-            mark = "" if r[f"b{n}_within_spread"] or r[f"b{n}_change"] <= bound else " [red]!"
-            cells += [f"{r[f'b{n}_p50_a']:.2f} -> {r[f'b{n}_p50_b']:.2f}", f"{r[f'b{n}_change']:.0%} ({spread}){mark}"]
+            cells += [f"{r[f'b{n}_p50_a']:.2f} -> {r[f'b{n}_p50_b']:.2f}",
+                      cell(r[f"b{n}_change"], r[f"b{n}_spread"], r[f"b{n}_within_spread"])]
+            if n in rel:
+                cells.append(cell(r[f"b{n}_rel_change"], r[f"b{n}_rel_spread"], r[f"b{n}_rel_within_spread"])
+                             if f"b{n}_rel_change" in r else "")
         table.add_row(*cells)
     out.print(table)
     for line in summary_lines(cmp, bound):
