@@ -159,7 +159,10 @@ def _settings(doc: dict[str, Any]) -> dict[str, Any]:
     env = doc.get("environment", {})
     s = dict(env.get("settings", {}))
     s.pop("backbones", None)
-    return {**{f"setting {k}": v for k, v in s.items()}, "CPU": env.get("cpu", {}).get("model"),
+    flat = {}
+    for k, v in s.items():  # nested settings (latency: {...}) one key each, so a difference names the key
+        flat.update({f"setting {k}.{kk}": vv for kk, vv in v.items()} if isinstance(v, dict) else {f"setting {k}": v})
+    return {**flat, "CPU": env.get("cpu", {}).get("model"),
             **{f"version of {k}": v for k, v in env.get("versions", {}).items()}}
 
 

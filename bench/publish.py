@@ -105,12 +105,12 @@ def latency_repeatability(doc: dict[str, Any], bound: float = 0.10) -> str:
     rel = [r["b1_rel_spread"] for r in ok if r.get("b1_rel_spread") is not None]
     probe = [t["ms"] for t in doc.get("environment", {}).get("speed_probe", {}).get("in_turns", [])]
     if rel and probe:
-        text += (f" A shared machine can also run slower or faster as a whole for an hour (measured here: every row "
-                 f"7-49% slower for one hour, then back), which no band from one run can foresee; so each row is also "
-                 f"stated relative to a speed probe (a fixed PyTorch convolution) timed in the same turns, "
-                 f"{statistics.fmean(probe):.2f} ms in this run: the column b1 / probe (median band "
-                 f"±{statistics.median(rel):.1%}) is the figure to compare across runs and hours, and ms figures "
-                 f"scale with the probe.")
+        text += (f" A shared machine can also run slower or faster as a whole for an hour, which no band from one "
+                 f"run can foresee; so each row is also stated relative to a speed probe (a fixed PyTorch "
+                 f"convolution) timed in the same turns, {statistics.fmean(probe):.2f} ms in this run (column "
+                 f"b1 / probe, median band ±{statistics.median(rel):.1%}): when another run's probe differs from this "
+                 f"one by more than the bands, compare that column rather than the ms figures. The probe is one "
+                 f"convolution, not these models: it tracks the machine's speed only roughly.")
     return text
 
 

@@ -73,6 +73,13 @@ def test_the_p50_relative_to_the_probe_reproduces_where_the_machine_was_slower_a
     assert cmp.summary(1, 0.10)["rel_n"] == 1
 
 
+def test_a_nested_setting_that_differs_is_named_by_its_key():
+    a, b = _doc([_row("onnx", 10.0, 0.03)]), _doc([_row("onnx", 10.0, 0.03)])
+    a["environment"]["settings"]["latency"] = {"rounds": 2, "budget_s": 6.0}
+    b["environment"]["settings"]["latency"] = {"rounds": 4, "budget_s": 6.0}
+    assert compare.compare(a, b).differences == ["setting latency.rounds: 2 -> 4"]
+
+
 def test_relative_change_is_the_spread_formula():
     assert compare.relative_change(10, 12) == pytest.approx(0.2) == compare.relative_change(12, 10)
     assert compare.relative_change(0, 1) is None and compare.relative_change(None, 1) is None

@@ -81,4 +81,4 @@ def test_latency_repeatability_counts_rows_within_the_bound():
         r["b1_rel_spread"] = rel
     env["speed_probe"] = {"in_turns": [{"ms": 2.0}, {"ms": 3.0}]}
     text = " ".join(latency_repeatability({"rows": rows, "environment": env}).split())
-    assert "2.50 ms in this run" in text and "b1 / probe (median band ±2.0%)" in text
+    assert "2.50 ms in this run (column b1 / probe, median band ±2.0%)" in text
