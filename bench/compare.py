@@ -9,7 +9,7 @@ runtime) and reports per row
   (``spread``) the two runs stated for that row (the larger of the two): a change inside it is what the
   runs said to expect, one outside it is drift between the runs that the rounds within one run did not see;
 - the same for the p50 relative to the speed probe timed in the same turns (``b1_rel``, where both runs have
-  it): the figure a machine that runs slower as a whole for an hour does not move.
+  it), meant for a machine that ran slower or faster as a whole (the probe tracks that only roughly).
 
 Latency on a shared machine also moves as a whole between runs (every row slower by a similar factor when the
 host is busier): per batch size the summary gives that factor (geometric mean of the p50 ratios), each row's

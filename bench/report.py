@@ -217,7 +217,7 @@ def markdown(doc: dict[str, Any]) -> str:
             "B = the same against bytes on disk. ΔAUC and agree: against PyTorch eager FP32 of the same run. "
             "±band: the 95% interval for a repeat's p50 on this machine at the speed it ran, from the medians of "
             "rounds timed one after another. b1 / probe: p50 at batch 1 relative to a fixed PyTorch convolution "
-            "timed in the same turns (unchanged when the whole machine is slower).", ""]
+            "timed in the same turns (meant to cancel a whole-machine slowdown; it tracks one only roughly).", ""]
     for reason, i in notes.items():
         out.append(f"{i}. {reason}")
     if not doc.get("complete", True):
