@@ -328,15 +328,16 @@ def check_precision(counts: dict[str, Any], precision: str, where: Path | str = 
 class OpenVinoPredictor:
     """An IR compiled for one device; ``predict`` takes any batch size (the IR's batch is dynamic).
 
-    A batch of one runs on a second, static-shape compilation of the same IR: OpenVINO 2026.4.1's
-    CPU plugin computes INT8 depthwise (GroupConvolution) layers of a dynamic-batch model wrongly at
-    batch 1 (MobileNet-V3 logits off by 0.1, while batch 2+ and a static batch of 1 agree with
-    FP32 to 5e-4; measured here, AVX2 without VNNI). Static batch 1 is also what a latency
-    deployment would compile.
+    Every batch size runs on a static-shape compilation of the same IR for that size (compiled on first
+    use, the last ``max_shapes`` kept), never on the dynamic-batch one. OpenVINO 2026.4.1's CPU plugin
+    mishandles INT8 depthwise (GroupConvolution) layers of a dynamic-batch model at small batches: on an
+    AVX2 CPU without VNNI (AMD EPYC) it computed MobileNet-V3 logits 0.1 off at batch 1; on an AVX-512/AMX
+    CPU (Intel Xeon with amx_int8) it crashes the process (segmentation fault) at batches 1, 2 and 3.
+    Static shapes agree with FP32 to 5e-4 at every batch on both, and are what a latency deployment compiles.
     """
 
     def __init__(self, path: Path, threads: int | None = None, device: str = "CPU",
-                 precision_hint: str | None = "f32") -> None:
+                 precision_hint: str | None = "f32", max_shapes: int = 4) -> None:
         ov = _openvino()
         self.path, self.device = Path(path), device
         if not self.path.is_file():
@@ -349,18 +350,20 @@ class OpenVinoPredictor:
             self.config["INFERENCE_PRECISION_HINT"] = precision_hint
         self._ov, self._core = ov, ov.Core()
         self.model = self._core.read_model(str(self.path))
-        self.compiled = self._core.compile_model(self.model, device, self.config)
-        self.request = self.compiled.create_infer_request()
-        self._single = None
+        self.max_shapes = max(1, int(max_shapes))
+        self._requests: dict[int, Any] = {}  # batch size -> infer request of its static compilation
+        self._request(1)  # compile now, so that a broken IR fails at load time, as it would dynamically
 
     def _request(self, n: int):
-        if n != 1:
-            return self.request
-        if self._single is None:
-            single = self.model.clone()
-            single.reshape({single.inputs[0]: self._ov.PartialShape([1, *list(single.inputs[0].partial_shape)[1:]])})
-            self._single = self._core.compile_model(single, self.device, self.config).create_infer_request()
-        return self._single
+        request = self._requests.pop(n, None)
+        if request is None:
+            static = self.model.clone()
+            static.reshape({static.inputs[0]: self._ov.PartialShape([n, *list(static.inputs[0].partial_shape)[1:]])})
+            request = self._core.compile_model(static, self.device, self.config).create_infer_request()
+            while len(self._requests) >= self.max_shapes:
+                self._requests.pop(next(iter(self._requests)))  # least recently used first
+        self._requests[n] = request
+        return request
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(batch, dtype=np.float32)
