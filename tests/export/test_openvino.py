@@ -155,6 +155,11 @@ def test_accuracy_aware_within_budget_reverts_nothing(tiny, hub, tmp_path):
     assert aa["metric"] == "val ROC-AUC" and aa["val_images"] == len(tiny.val_inputs)
     assert aa["within_budget"] and aa["auc_drop"] <= 0.05 and aa["reverted_ops"] == []
     assert facts["counts"]["fake_quantize"] > 0
+    # NNCF ran it at a static batch of one; the saved IR has its dynamic batch back
+    import openvino as ov
+    assert ov.Core().read_model(str(tmp_path / "m.xml")).inputs[0].partial_shape[0].is_dynamic
+    predictor = openvino.load(tmp_path / "m.xml")
+    assert predictor.predict(tiny.val_inputs[:5]).shape == (5,)
 
 
 @pytest.mark.slow
