@@ -25,19 +25,28 @@ def last_stage(backbone: str, model, size: int = 64) -> str:
     and EfficientNet's at the last block with stride 2, not at the 1x1 convolution after it. ViT keeps one
     grid throughout: its last block.
     """
+    if "layer4" in dict(model.named_children()):  # ResNets
+        return "layer4"
+    if hasattr(model, "patch_embed"):  # ViT
+        return f"blocks.{len(model.blocks) - 1}"
+    stages = _stage_grids(backbone, model, size)
+    final = stages[-1][1]
+    return next(n for n, g in stages if g == final)
+
+
+def _stage_grids(backbone: str, model, size: int) -> list[tuple[str, int]]:
+    """``(dotted name, output grid)`` of each stage module of a CNN, in order, from one forward pass."""
     import torch
 
     names = dict(model.named_children())
     if "layer4" in names:  # ResNets
-        return "layer4"
-    if hasattr(model, "patch_embed"):  # ViT
-        return f"blocks.{len(model.blocks) - 1}"
-    if "features" in names and hasattr(model.features, "denseblock4"):  # DenseNet
+        stages = [(n, names[n]) for n in ("layer1", "layer2", "layer3", "layer4")]
+    elif "features" in names and hasattr(model.features, "denseblock4"):  # DenseNet
         stages = [(f"features.{n}", m) for n, m in model.features.named_children()]
-    elif "blocks" in names:  # EfficientNet, MobileNets
+    elif "blocks" in names and not hasattr(model, "patch_embed"):  # EfficientNet, MobileNets
         stages = [(f"blocks.{n}", m) for n, m in model.blocks.named_children()]
     else:
-        raise ValueError(f"no last stage known for {backbone}; add it to bench.sanity.last_stage")
+        raise ValueError(f"no stages known for {backbone}; add them to bench.sanity._stage_grids")
     grids: dict[str, int] = {}
     hooks = [m.register_forward_hook(lambda _m, _i, out, n=n: grids.__setitem__(n, out.shape[-1]))
              for n, m in stages]
@@ -50,8 +59,24 @@ def last_stage(backbone: str, model, size: int = 64) -> str:
     finally:
         for h in hooks:
             h.remove()
-    final = grids[stages[-1][0]]
-    return next(n for n, _ in stages if grids.get(n) == final)
+    return [(n, grids[n]) for n, _ in stages if n in grids]
+
+
+def stage_outputs(backbone: str, model, size: int) -> list[tuple[str, int]]:
+    """The output of each stage of a CNN at input ``size``: for every grid the network runs at, the last of
+    its stage modules with that grid, as ``(dotted name, grid)``, finest first. ResNet-18 at 128 px:
+    ``layer1`` 32, ``layer2`` 16, ``layer3`` 8, ``layer4`` 4; MobileNets and EfficientNet ``blocks.1``,
+    ``blocks.2``, ``blocks.4``, ``blocks.6``; DenseNet-121 its dense blocks (its last, ``norm5``).
+    ViT-B/16 has one grid: its last block."""
+    if hasattr(model, "patch_embed"):
+        return [(f"blocks.{len(model.blocks) - 1}", size // model.patch_embed.patch_size[0])]
+    out: list[tuple[str, int]] = []
+    for name, grid in _stage_grids(backbone, model, size):
+        if out and out[-1][1] == grid:
+            out[-1] = (name, grid)
+        else:
+            out.append((name, grid))
+    return out
 
 
 def randomized_copy(model, start: str | None, seed: int = 0):

@@ -20,6 +20,12 @@ Layer = Annotated[list[str] | None, typer.Option("--layer", help="BACKBONE=LAYER
                                                  "dotted module path instead of the registry's last stage, e.g. "
                                                  "resnet18=layer3 (a finer grid: at 64 px the last stage of a "
                                                  "stride-32 CNN is 2x2 cells).")]
+AutoLayer = Annotated[list[str] | None, typer.Option("--layer", help="BACKBONE=LAYER (repeatable): Grad-CAM at this "
+                                                     "dotted module path instead of the registry's last stage, e.g. "
+                                                     "resnet18=layer3; 'auto' (or BACKBONE=auto) chooses each run's "
+                                                     "layer on --select-split images with lesion masks: the best "
+                                                     "pointing game among the stage outputs that pass the sanity "
+                                                     "check (stored as layer_selection).")]
 
 
 def _pick(run, side: str, n: int, seed: int = 0) -> list[str]:
@@ -79,6 +85,10 @@ def gradcam(
         raise ValueError(f"--method {method!r} is not known; choose one of {', '.join(METHODS)}")
     found = find_runs([runs])
     layers = parse_layers(layer, [r.record["backbone"] for r in found])
+    if "auto" in layers.values():
+        raise ValueError("--layer auto chooses a layer by the pointing game on validation lesion masks: run "
+                         "`cxr-edge fidelity RUNS --layer auto`, then pass the layer it names (its table's "
+                         "'layer' column) here as --layer BACKBONE=LAYER")
     paths = [str(p) for p in images] if images else _pick(found[0], side, n)
     names = _names(paths)
     labels = {}
@@ -124,7 +134,9 @@ def fidelity(
                                                "boxes, for data without masks.")] = None,
     road: Annotated[bool, typer.Option("--road/--no-road", help="Compute ROAD (slow: a sparse solve per image).")] = True,
     device: Device = "cpu",
-    layer: Layer = None,
+    layer: AutoLayer = None,
+    select_split: Annotated[str, typer.Option("--select-split", help="Side whose PNEUMONIA images choose the layer "
+                                              "under --layer auto (never test).")] = "val",
     progress: Progress = True,
 ) -> None:
     """Explanation fidelity. Runs: pointing game, energy in mask, deletion/insertion AUC, ROAD, the
@@ -137,6 +149,7 @@ def fidelity(
 
     from bench.fidelity import artifact_fidelity, fp32_heatmaps
     from bench.fidelity_run import fidelity_phases, run_fidelity
+    from bench.layer_select import select_layer
     from bench.localization import fidelity_images
 
     results: dict[str, Any] = {"method": method, "side": side, "n": n, "steps": steps, "runs": [], "artifacts": [],
@@ -151,7 +164,11 @@ def fidelity(
     if layers and export_dirs:
         raise ValueError("--layer applies to runs only: artifacts are judged by the pixel ranking of their run's "
                          "registry layer; score the export folders in a separate call")
+    if select_split == "test" and "auto" in layers.values():
+        raise ValueError("--select-split test: the layer would be chosen on the images it is judged on; use val")
     phases = fidelity_phases(with_road=road)
+    if "auto" in layers.values():
+        phases = ["layer selection", *phases]
     with Bars(TextColumn("{task.description:<60}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, disable=not progress) as bar:
         for run in found:
@@ -162,9 +179,20 @@ def fidelity(
                 done = len(phases) if phase is None else phases.index(phase)
                 bar.update(task, completed=done, description=f"{name}: {phase or 'done'}")
 
-            results["runs"].append(run_fidelity(run, side=side, n=n, method=method, steps=steps, device=device,
-                                                boxes=boxes, with_road=road, layer=layers.get(name),
-                                                on_phase=on_phase))
+            chosen, selection = layers.get(name), None
+            if chosen == "auto":
+                on_phase("layer selection")
+                selection = select_layer(run, method=method, side=select_split, n=n, boxes=boxes, device=device)
+                chosen = selection["layer"]
+                console.print(f"{name}: --layer auto chose {chosen} on {selection['n_images']} {select_split} "
+                              f"images ({selection['reason']})")
+            elif "layer selection" in phases:
+                on_phase("layer selection")
+            row = run_fidelity(run, side=side, n=n, method=method, steps=steps, device=device, boxes=boxes,
+                               with_road=road, layer=chosen, on_phase=on_phase)
+            if selection is not None:
+                row["layer_selection"] = selection
+            results["runs"].append(row)
     for folder in export_dirs:
         from export.manifest import read_manifest
         from export.pipeline import load_artifact
@@ -206,7 +234,7 @@ def _print_tables(results: dict[str, Any]) -> None:
     if results["runs"]:
         t = Table(title=f"explanation fidelity of the FP32 models ({results['method']}, {results['side']}, "
                         f"n={results['n']} PNEUMONIA images)")
-        for col in ("backbone", "val AUC", "grid", "pointing", "energy in mask", "lesion drop (elsewhere)", "deletion ↓",
+        for col in ("backbone", "val AUC", "layer", "grid", "pointing", "energy in mask", "lesion drop (elsewhere)", "deletion ↓",
                     "insertion ↑", "ROAD ↑", "sanity", "INT8 ρ", "ms/heatmap"):
             t.add_column(col, no_wrap=True)
         for r in results["runs"]:
@@ -214,7 +242,8 @@ def _print_tables(results: dict[str, Any]) -> None:
             sanity = "-" if not s else f"{'pass' if s['passed'] else 'FAIL'} ({s['spearman_last_stage']:.2f})"
             int8 = (r.get("cam_agreement") or {}).get("int8", {}).get("spearman")
             occ = r.get("lesion_occlusion") or {}
-            t.add_row(r["backbone"], _f(r.get("val_roc_auc")), "x".join(map(str, r["grid"])), _f(r.get("pointing_game")),
+            layer = r["layer"] + (" (auto)" if r.get("layer_selection") else "")
+            t.add_row(r["backbone"], _f(r.get("val_roc_auc")), layer, "x".join(map(str, r["grid"])), _f(r.get("pointing_game")),
                       f"{_f(r.get('energy_in_mask'))} (area {_f(r.get('mask_area'))})",
                       f"{_f(occ.get('lesion_drop'), '.2f')} ({_f(occ.get('elsewhere_drop'), '.2f')})", _f(r["deletion_auc"]),
                       _f(r["insertion_auc"]), _f(r.get("road")), sanity, _f(int8),

@@ -273,9 +273,14 @@ def contact_sheet(path: str | Path, images: np.ndarray, columns: dict[str, np.nd
 
 def parse_layers(specs: Sequence[str] | None, backbones: Sequence[str]) -> dict[str, str]:
     """``["resnet18=layer3", ...]`` -> ``{"resnet18": "layer3"}``: per-backbone target layers that override
-    the registry's (a finer layer localises better at small inputs). Names must be among ``backbones``."""
+    the registry's (a finer layer localises better at small inputs). Names must be among ``backbones``.
+    ``auto`` (alone: every backbone not named otherwise; or ``BACKBONE=auto``) is passed through as the
+    layer "auto" for `cxr-edge fidelity` to choose (:mod:`bench.layer_select`)."""
     out: dict[str, str] = {}
     for spec in specs or ():
+        if spec.strip() == "auto":  # every backbone (`cxr-edge fidelity` chooses on validation images)
+            out.update({b: "auto" for b in backbones if b not in out})
+            continue
         name, sep, path = spec.partition("=")
         name, path = name.strip(), path.strip()
         if not sep or not name or not path:

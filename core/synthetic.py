@@ -1,8 +1,9 @@
 """The built-in synthetic chest-radiograph data set.
 
 A fresh machine with no download can run the whole pipeline on it, and Grad-CAM localisation can be
-checked against ground truth: every "pneumonia" image carries 1-3 soft opacities inside a lung
-field, and the binary mask of each opacity is saved. Images are drawn analytically in normalised
+checked against ground truth: every "pneumonia" image carries 1-3 opacities inside a lung field,
+mottled and crossed by air bronchograms as consolidation is (since generator v5), and the binary
+mask of each opacity is saved. Images are drawn analytically in normalised
 coordinates ([-1, 1] across the image, y pointing down), so one patient's anatomy renders the same
 at any size and each image only differs by pose, noise and exposure.
 
@@ -29,7 +30,7 @@ from PIL import Image
 from rich.progress import track
 from scipy import ndimage
 
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5
 CLASSES = ("NORMAL", "PNEUMONIA")
 MANIFEST_COLUMNS = ("path", "label", "patient_id", "mask")
 _LESION_LEVEL = 0.35  # an opacity's mask is where it exceeds this share of its own peak
@@ -145,7 +146,7 @@ def _lesion_center(rng: np.random.Generator, anat: dict) -> tuple[dict, float, f
             return lung, float(px), float(py)
 
 
-def _lesions(rng: np.random.Generator, anat: dict, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _opacities(rng: np.random.Generator, anat: dict, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sum of 1-3 soft opacities (intensity) and their union mask (before the lung clip)."""
     total = np.zeros_like(x)
     mask = np.zeros(x.shape, bool)
@@ -166,6 +167,32 @@ def _lesions(rng: np.random.Generator, anat: dict, x: np.ndarray, y: np.ndarray)
         faint = rng.random() < 0.05  # some faint ground glass, most denser consolidation
         total += rng.uniform(0.15, 0.25) * shape if faint else rng.uniform(0.45, 0.80) * shape
     return total, mask
+
+
+def _lesions(rng: np.random.Generator, anat: dict, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The opacities of :func:`_opacities` with the texture of consolidation (generator v5).
+
+    A fine mottle scales each opacity between 0.55 and 1.45 of its smooth intensity, and 2-4 dark tubes run
+    from the densest point (air bronchograms). Generator v4 drew the opacities smooth; a model could then
+    find them by the absence of normal lung texture, evidence that Grad-CAM's positive maps cannot show
+    (README, "Grad-CAM and explanation fidelity"). Masks and placement are those of the smooth opacities.
+    """
+    total, mask = _opacities(rng, anat, x, y)
+    if not mask.any():
+        return total, mask
+    peak = total.max()
+    mottle = 0.5 + 0.5 * np.tanh(_sample(_smooth_field(rng, 64, 1.0), x, y))  # 0..1, fine grain
+    tex = total * (0.55 + 0.9 * mottle)
+    iy, ix = np.unravel_index(np.argmax(total), total.shape)
+    cx, cy = x[iy, ix], y[iy, ix]
+    tubes = np.zeros_like(x)
+    for _ in range(int(rng.integers(2, 5))):
+        ang, length = rng.uniform(0, 2 * np.pi), rng.uniform(0.08, 0.2)
+        dx, dy = length * np.cos(ang), length * np.sin(ang)
+        t = np.clip(((x - cx) * dx + (y - cy) * dy) / (dx * dx + dy * dy), 0, 1)
+        tubes = np.maximum(tubes, np.exp(-0.5 * (np.hypot(x - cx - t * dx, y - cy - t * dy) / 0.012) ** 2))
+    tex -= 0.6 * tubes * np.clip(total / peak, 0, 1) * peak
+    return np.clip(tex, 0, None), mask
 
 
 def _render_one(rng: np.random.Generator, anat: dict, label: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -69,3 +69,17 @@ def test_fidelity_of_a_run_and_of_its_artifacts(bench_run, clean_artifacts, tmp_
     assert {a["precision"] for a in json.loads(out.read_text())["artifacts"]} == {"fp32", "fp16", "int8"}
     bad = invoke("fidelity", bench_run.path, "--layer", "resnet18=nope", "--n", "2", "--no-progress")
     assert bad.exit_code == 2 and "nope" in bad.output
+
+
+def test_fidelity_layer_auto_records_its_choice(bench_run, tmp_path):
+    out = tmp_path / "fid.json"
+    r = invoke("fidelity", bench_run.path, "--out", out, "--n", "3", "--steps", "4", "--no-road", "--layer", "auto")
+    assert r.exit_code == 0, r.output
+    (res,) = json.loads(out.read_text())["runs"]
+    sel = res["layer_selection"]
+    assert res["layer"] == sel["layer"] and sel["side"] == "val" and len(sel["candidates"]) == 3
+    assert f"resnet18: --layer auto chose {sel['layer']} on 3 val images" in " ".join(r.output.split())
+    bad = invoke("fidelity", bench_run.path, "--layer", "auto", "--select-split", "test", "--no-progress")
+    assert bad.exit_code == 2 and "use val" in bad.output
+    bad = invoke("gradcam", bench_run.path, "--layer", "auto", "--out", tmp_path / "cams", "--no-progress")
+    assert bad.exit_code == 2 and "cxr-edge fidelity RUNS --layer auto" in bad.output
