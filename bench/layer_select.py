@@ -1,4 +1,5 @@
-"""Choose a run's Grad-CAM target layer on validation images with lesion masks (`cxr-edge fidelity --layer auto`).
+"""Choose a run's Grad-CAM target layer (`cxr-edge fidelity --layer auto`), or its CAM method and layer
+(`--method auto`), on validation images with lesion masks.
 
 A CNN's last stage is a coarse grid at small inputs (4 x 4 at 128 px), and whether an earlier stage explains
 better differs by backbone. Picking the layer by the test images' pointing game would overstate it, as a
@@ -8,8 +9,10 @@ threshold is, and the test figures are then measured at that layer once.
 Rule: among the candidate layers (each stage output with a stride of at least 8, i.e. a grid of at most
 size / 8 cells, and the registry's layer at the final grid), keep those whose heatmaps pass the
 randomization sanity check on the validation images, and take the one with the highest validation
-pointing game; a tie goes to the coarser layer. When none passes, the registry's layer is kept, and the
-record says so.
+pointing game; a tie goes to the coarser layer, then to the method named first. When none passes, the
+registry's layer is kept, and the record says so. Under ``--method auto`` the candidates are every
+(method, layer) pair of :data:`AUTO_METHODS`: first-order methods differ by backbone (on the synthetic set
+HiResCAM credits ResNet-18's bright spine, which occluding shows it does not use; XGrad-CAM does not).
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from typing import Any
 from core.data import DataError
 
 RULE = ("highest validation pointing game among the stage outputs of stride >= 8 whose heatmaps pass the "
-        "randomization sanity check; ties to the coarser layer; none passing: the registry's layer")
+        "randomization sanity check; ties to the coarser layer, then the method named first; none passing: "
+        "the registry's layer")
+AUTO_METHODS = ("hirescam", "xgradcam", "gradcam")  # --method auto: the candidates, in tie-break order
 
 
 def candidate_layers(backbone: str, model, size: int, registry_layer: str) -> list[tuple[str, int]]:
@@ -40,15 +45,18 @@ def choose(candidates: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, str
     passing = [(i, c) for i, c in enumerate(candidates) if c["sanity_passed"] and c["pointing_game"] is not None]
     if not passing:
         return None, "no candidate layer passed the sanity check on validation; the registry's layer is kept"
-    best = max(passing, key=lambda ic: (ic[1]["pointing_game"], ic[0]))[1]  # ties: the later (coarser) one
+    methods = list(dict.fromkeys(c.get("method") for c in candidates))
+    best = max(passing, key=lambda ic: (ic[1]["pointing_game"], -ic[1]["grid"], -methods.index(ic[1].get("method"))))[1]
     return best, (f"highest validation pointing game ({best['pointing_game']:.2f}) among the "
-                  f"{len(passing)} of {len(candidates)} candidate layers that pass the sanity check")
+                  f"{len(passing)} of {len(candidates)} candidates that pass the sanity check")
 
 
 def select_layer(run, *, method: str = "gradcam", side: str = "val", n: int = 32, boxes: str | Path | None = None,
-                 tolerance: int | None = None, device: str = "cpu", max_spearman: float = 0.5) -> dict[str, Any]:
-    """Measure every candidate layer of ``run`` on up to ``n`` PNEUMONIA images of ``side`` (pointing game
-    and sanity check) and choose one by :data:`RULE`. Returns the record stored as ``layer_selection``."""
+                 tolerance: int | None = None, device: str = "cpu", max_spearman: float = 0.5,
+                 methods: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Measure every candidate layer of ``run`` (for each of ``methods``, default just ``method``) on up to
+    ``n`` PNEUMONIA images of ``side`` (pointing game and sanity check) and choose one by :data:`RULE`.
+    Returns the record stored as ``layer_selection`` (``layer`` and ``method`` chosen, every candidate)."""
     from bench.fidelity import fp32_heatmaps
     from bench.localization import fidelity_images, pointing_game, pointing_points
     from bench.sanity import sanity_check
@@ -64,14 +72,16 @@ def select_layer(run, *, method: str = "gradcam", side: str = "val", n: int = 32
     tol = int(round(15 * size / 224)) if tolerance is None else tolerance
     model = run.build_model()
     rows = []
-    for layer, grid in candidate_layers(backbone, model, size, run.backbone.cam_layer):
-        cams = fp32_heatmaps(run, fs.inputs, None, method=method, device=device, model=model, layer=layer)
-        pg = pointing_game(pointing_points(cams.grids, size), fs.masks, tolerance=tol)["pointing_game"]
-        check = sanity_check(model, backbone, fs.inputs, trained_cams=cams.cams, method=method, device=device,
-                             max_spearman=max_spearman, layer=layer)
-        rows.append({"layer": layer, "grid": grid, "pointing_game": pg,
-                     "sanity_spearman_last_stage": check["spearman_last_stage"], "sanity_passed": check["passed"]})
+    for m in methods or (method,):
+        for layer, grid in candidate_layers(backbone, model, size, run.backbone.cam_layer):
+            cams = fp32_heatmaps(run, fs.inputs, None, method=m, device=device, model=model, layer=layer)
+            pg = pointing_game(pointing_points(cams.grids, size), fs.masks, tolerance=tol)["pointing_game"]
+            check = sanity_check(model, backbone, fs.inputs, trained_cams=cams.cams, method=m, device=device,
+                                 max_spearman=max_spearman, layer=layer)
+            rows.append({"method": m, "layer": layer, "grid": grid, "pointing_game": pg,
+                         "sanity_spearman_last_stage": check["spearman_last_stage"], "sanity_passed": check["passed"]})
     best, why = choose(rows)
-    return {"layer": best["layer"] if best else run.backbone.cam_layer, "reason": why, "rule": RULE,
-            "side": side, "n_images": len(fs.paths), "method": method, "pointing_tolerance_px": tol,
+    return {"layer": best["layer"] if best else run.backbone.cam_layer,
+            "method": best["method"] if best else (methods or (method,))[0], "reason": why, "rule": RULE,
+            "side": side, "n_images": len(fs.paths), "pointing_tolerance_px": tol,
             "mask_source": fs.mask_source, "candidates": rows}

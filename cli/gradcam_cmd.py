@@ -10,7 +10,10 @@ from rich.table import Table
 
 from cli.common import Progress, console, friendly, out
 
-Method = Annotated[str, typer.Option("--method", help="gradcam, gradcam++, hirescam or layercam (pytorch-grad-cam; LayerCAM weighs each cell by its own gradient and suits earlier, finer layers).")]
+Method = Annotated[str, typer.Option("--method", help="gradcam, gradcam++, hirescam, layercam or xgradcam (pytorch-grad-cam; LayerCAM weighs each cell by its own gradient and suits earlier, finer layers).")]
+FidelityMethod = Annotated[str, typer.Option("--method", help="gradcam, gradcam++, hirescam, layercam or xgradcam; "
+                                             "auto: choose method and layer per run on --select-split images "
+                                             "(hirescam, xgradcam, gradcam at each stage output of stride >= 8).")]
 Side = Annotated[str, typer.Option("--split", help="Side of the run's saved split to take images from when no "
                                    "IMAGES are given (train, val or test).")]
 N = Annotated[int, typer.Option("--n", help="Images taken from --split when no IMAGES are given (half PNEUMONIA).")]
@@ -126,7 +129,7 @@ def fidelity(
     paths: Annotated[list[Path], typer.Argument(help="Run folders, folders of runs, or export folders "
                                                 "(with manifest.json): each artifact is scored.")],
     out_file: Annotated[Path, typer.Option("--out", "-o", help="JSON file of all results.")] = Path("fidelity.json"),
-    method: Method = "gradcam",
+    method: FidelityMethod = "gradcam",
     side: Side = "test",
     n: Annotated[int, typer.Option("--n", help="PNEUMONIA images of --split to measure on.")] = 32,
     steps: Annotated[int, typer.Option("--steps", help="Deletion/insertion steps.")] = 32,
@@ -149,7 +152,7 @@ def fidelity(
 
     from bench.fidelity import artifact_fidelity, fp32_heatmaps
     from bench.fidelity_run import fidelity_phases, run_fidelity
-    from bench.layer_select import select_layer
+    from bench.layer_select import AUTO_METHODS, select_layer
     from bench.localization import fidelity_images
 
     results: dict[str, Any] = {"method": method, "side": side, "n": n, "steps": steps, "runs": [], "artifacts": [],
@@ -157,13 +160,19 @@ def fidelity(
     run_paths, export_dirs = [], []
     for p in paths:
         (export_dirs if (p / "manifest.json").is_file() else run_paths).append(p)
-    from core.gradcam import parse_layers
+    from core.gradcam import METHODS, parse_layers
 
     found = find_runs(run_paths) if run_paths else []
     layers = parse_layers(layer, [r.record["backbone"] for r in found])
     if layers and export_dirs:
         raise ValueError("--layer applies to runs only: artifacts are judged by the pixel ranking of their run's "
                          "registry layer; score the export folders in a separate call")
+    if method == "auto":
+        if any(v != "auto" for v in layers.values()):
+            raise ValueError("--method auto chooses the method and the layer together; leave out --layer")
+        layers = {r.record["backbone"]: "auto" for r in found}
+    elif method not in METHODS:
+        raise ValueError(f"--method {method!r} is not known; choose one of {', '.join(METHODS)} or auto")
     if select_split == "test" and "auto" in layers.values():
         raise ValueError("--select-split test: the layer would be chosen on the images it is judged on; use val")
     phases = fidelity_phases(with_road=road)
@@ -182,13 +191,16 @@ def fidelity(
             chosen, selection = layers.get(name), None
             if chosen == "auto":
                 on_phase("layer selection")
-                selection = select_layer(run, method=method, side=select_split, n=n, boxes=boxes, device=device)
+                selection = select_layer(run, method=method, side=select_split, n=n, boxes=boxes, device=device,
+                                         methods=AUTO_METHODS if method == "auto" else None)
                 chosen = selection["layer"]
-                console.print(f"{name}: --layer auto chose {chosen} on {selection['n_images']} {select_split} "
+                console.print(f"{name}: {'--method' if method == 'auto' else '--layer'} auto chose "
+                              f"{selection['method']} at {chosen} on {selection['n_images']} {select_split} "
                               f"images ({selection['reason']})")
             elif "layer selection" in phases:
                 on_phase("layer selection")
-            row = run_fidelity(run, side=side, n=n, method=method, steps=steps, device=device, boxes=boxes,
+            run_method = selection["method"] if selection else method
+            row = run_fidelity(run, side=side, n=n, method=run_method, steps=steps, device=device, boxes=boxes,
                                with_road=road, layer=chosen, on_phase=on_phase)
             if selection is not None:
                 row["layer_selection"] = selection
@@ -242,7 +254,7 @@ def _print_tables(results: dict[str, Any]) -> None:
             sanity = "-" if not s else f"{'pass' if s['passed'] else 'FAIL'} ({s['spearman_last_stage']:.2f})"
             int8 = (r.get("cam_agreement") or {}).get("int8", {}).get("spearman")
             occ = r.get("lesion_occlusion") or {}
-            layer = r["layer"] + (" (auto)" if r.get("layer_selection") else "")
+            layer = f"{r['method']} {r['layer']} (auto)" if r.get("layer_selection") else r["layer"]
             t.add_row(r["backbone"], _f(r.get("val_roc_auc")), layer, "x".join(map(str, r["grid"])), _f(r.get("pointing_game")),
                       f"{_f(r.get('energy_in_mask'))} (area {_f(r.get('mask_area'))})",
                       f"{_f(occ.get('lesion_drop'), '.2f')} ({_f(occ.get('elsewhere_drop'), '.2f')})", _f(r["deletion_auc"]),

@@ -27,7 +27,7 @@ from core import io, registry
 from core._compat import ensure_torchvision
 from core.preprocess import Preprocess
 
-METHODS = ("gradcam", "gradcam++", "hirescam", "layercam")
+METHODS = ("gradcam", "gradcam++", "hirescam", "layercam", "xgradcam")
 
 
 class CamError(ValueError):
@@ -43,9 +43,10 @@ def _method_class(method: str):
     stride-32 CNN at 64 px) is kept for the pointing game.
     """
     ensure_torchvision()
-    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM
+    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 
-    classes = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "layercam": LayerCAM}
+    classes = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "layercam": LayerCAM,
+               "xgradcam": XGradCAM}
     try:
         base = classes[method]
     except KeyError:

@@ -30,8 +30,9 @@ def test_candidates_are_stride_8_or_coarser_then_the_registry_layer():
     assert got == [("layer2", 4), ("layer3", 2), ("layer4", 1)]  # layer1 (stride 4) is left out
 
 
-def _row(layer, pg, passed):
-    return {"layer": layer, "pointing_game": pg, "sanity_passed": passed}
+def _row(layer, pg, passed, method="hirescam"):
+    grid = {"layer2": 16, "layer3": 8, "layer4": 4}[layer]
+    return {"method": method, "layer": layer, "grid": grid, "pointing_game": pg, "sanity_passed": passed}
 
 
 def test_choose_takes_the_best_pointing_that_passes_the_sanity_check():
@@ -42,6 +43,13 @@ def test_choose_takes_the_best_pointing_that_passes_the_sanity_check():
     assert best["layer"] == "layer3"  # a tie goes to the coarser layer
     best, why = LS.choose([_row("layer2", 0.9, False), _row("layer4", None, True)])
     assert best is None and "registry" in why
+    rows = [_row("layer2", 0.8, True), _row("layer3", 0.9, False), _row("layer2", 0.85, True, "xgradcam"),
+            _row("layer3", 0.8, True, "xgradcam")]
+    assert LS.choose(rows)[0]["method"] == "xgradcam" and LS.choose(rows)[0]["layer"] == "layer2"
+    rows[2]["pointing_game"] = 0.8  # three-way tie at 0.8: the coarser layer first
+    assert (LS.choose(rows)[0]["method"], LS.choose(rows)[0]["layer"]) == ("xgradcam", "layer3")
+    rows[3]["layer"], rows[3]["grid"] = "layer2", 16  # same layer, same figure: the method named first
+    assert LS.choose(rows)[0]["method"] == "hirescam"
 
 
 def test_select_layer_on_the_tiny_run(bench_run):

@@ -78,7 +78,16 @@ def test_fidelity_layer_auto_records_its_choice(bench_run, tmp_path):
     (res,) = json.loads(out.read_text())["runs"]
     sel = res["layer_selection"]
     assert res["layer"] == sel["layer"] and sel["side"] == "val" and len(sel["candidates"]) == 3
-    assert f"resnet18: --layer auto chose {sel['layer']} on 3 val images" in " ".join(r.output.split())
+    assert f"resnet18: --layer auto chose gradcam at {sel['layer']} on 3 val images" in " ".join(r.output.split())
+    r = invoke("fidelity", bench_run.path, "--out", out, "--n", "3", "--steps", "4", "--no-road", "--method", "auto",
+               "--no-progress")
+    assert r.exit_code == 0, r.output
+    (res,) = json.loads(out.read_text())["runs"]
+    sel = res["layer_selection"]
+    assert {c["method"] for c in sel["candidates"]} == {"hirescam", "xgradcam", "gradcam"} and len(sel["candidates"]) == 9
+    assert (res["method"], res["layer"]) == (sel["method"], sel["layer"])
+    bad = invoke("fidelity", bench_run.path, "--method", "auto", "--layer", "resnet18=layer3", "--no-progress")
+    assert bad.exit_code == 2 and "leave out --layer" in bad.output
     bad = invoke("fidelity", bench_run.path, "--layer", "auto", "--select-split", "test", "--no-progress")
     assert bad.exit_code == 2 and "use val" in bad.output
     bad = invoke("gradcam", bench_run.path, "--layer", "auto", "--out", tmp_path / "cams", "--no-progress")
