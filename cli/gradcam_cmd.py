@@ -168,6 +168,9 @@ def fidelity(
         raise ValueError("--layer applies to runs only: artifacts are judged by the pixel ranking of their run's "
                          "registry layer; score the export folders in a separate call")
     if method == "auto":
+        if export_dirs:
+            raise ValueError("--method auto applies to runs only: artifacts are judged by the pixel ranking of their "
+                             "run's registry layer and one method; score the export folders in a separate call")
         if any(v != "auto" for v in layers.values()):
             raise ValueError("--method auto chooses the method and the layer together; leave out --layer")
         layers = {r.record["backbone"]: "auto" for r in found}

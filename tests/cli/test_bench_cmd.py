@@ -88,7 +88,13 @@ def test_fidelity_layer_auto_records_its_choice(bench_run, tmp_path):
     assert (res["method"], res["layer"]) == (sel["method"], sel["layer"])
     bad = invoke("fidelity", bench_run.path, "--method", "auto", "--layer", "resnet18=layer3", "--no-progress")
     assert bad.exit_code == 2 and "leave out --layer" in bad.output
+
     bad = invoke("fidelity", bench_run.path, "--layer", "auto", "--select-split", "test", "--no-progress")
     assert bad.exit_code == 2 and "use val" in bad.output
     bad = invoke("gradcam", bench_run.path, "--layer", "auto", "--out", tmp_path / "cams", "--no-progress")
     assert bad.exit_code == 2 and "cxr-edge fidelity RUNS --layer auto" in bad.output
+
+
+def test_fidelity_method_auto_refuses_export_folders(bench_run, clean_artifacts):
+    bad = invoke("fidelity", bench_run.path, clean_artifacts, "--method", "auto", "--no-progress")
+    assert bad.exit_code == 2 and "applies to runs only" in bad.output
