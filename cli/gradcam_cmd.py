@@ -176,8 +176,9 @@ def fidelity(
         layers = {r.record["backbone"]: "auto" for r in found}
     elif method not in METHODS:
         raise ValueError(f"--method {method!r} is not known; choose one of {', '.join(METHODS)} or auto")
-    if select_split == "test" and "auto" in layers.values():
-        raise ValueError("--select-split test: the layer would be chosen on the images it is judged on; use val")
+    if "auto" in layers.values() and select_split in ("test", side):
+        raise ValueError(f"--select-split {select_split}: the layer would be chosen on the images it is judged on "
+                         f"(--split {side}) or on test; use val to choose and test to judge")
     phases = fidelity_phases(with_road=road)
     if "auto" in layers.values():
         phases = ["layer selection", *phases]

@@ -91,6 +91,8 @@ def test_fidelity_layer_auto_records_its_choice(bench_run, tmp_path):
 
     bad = invoke("fidelity", bench_run.path, "--layer", "auto", "--select-split", "test", "--no-progress")
     assert bad.exit_code == 2 and "use val" in bad.output
+    bad = invoke("fidelity", bench_run.path, "--layer", "auto", "--split", "val", "--no-progress")
+    assert bad.exit_code == 2 and "chosen on the images it is judged on" in " ".join(bad.output.split())
     bad = invoke("gradcam", bench_run.path, "--layer", "auto", "--out", tmp_path / "cams", "--no-progress")
     assert bad.exit_code == 2 and "cxr-edge fidelity RUNS --layer auto" in bad.output
 
