@@ -11,8 +11,9 @@ size / 8 cells, and the registry's layer at the final grid), keep those whose he
 randomization sanity check on the validation images, and take the one with the highest validation
 pointing game; a tie goes to the coarser layer, then to the method named first. When none passes, the
 registry's layer is kept, and the record says so. Under ``--method auto`` the candidates are every
-(method, layer) pair of :data:`AUTO_METHODS`: first-order methods differ by backbone (on the synthetic set
-HiResCAM credits ResNet-18's bright spine, which occluding shows it does not use; XGrad-CAM does not).
+(method, layer) pair of :data:`AUTO_METHODS`: which method explains best differs by backbone (on the synthetic
+set HiResCAM's ResNet-18 maps often peak on the bright spine, which occluding shows the model does not use,
+and point 0.71 on validation; XGrad-CAM's at the same layer point 0.84).
 """
 
 from __future__ import annotations
