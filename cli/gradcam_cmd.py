@@ -31,6 +31,20 @@ AutoLayer = Annotated[list[str] | None, typer.Option("--layer", help="BACKBONE=L
                                                      "check (stored as layer_selection).")]
 
 
+def _read_choices(path: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """``(methods, layers)`` per backbone chosen by `cxr-edge fidelity --method auto|--layer auto` in ``path``."""
+    import json
+
+    try:
+        doc = json.loads(Path(path).read_text())
+        rows = [r for r in doc["runs"] if r.get("layer_selection")]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"--choices {path}: not a fidelity.json of `cxr-edge fidelity` ({err})") from None
+    if not rows:
+        raise ValueError(f"--choices {path}: no run there was measured with --method auto or --layer auto")
+    return {r["backbone"]: r["method"] for r in rows}, {r["backbone"]: r["layer"] for r in rows}
+
+
 def _pick(run, side: str, n: int, seed: int = 0) -> list[str]:
     import numpy as np
 
@@ -72,6 +86,9 @@ def gradcam(
     device: Device = "cpu",
     batch_size: Batch = 16,
     layer: Layer = None,
+    choices: Annotated[Path | None, typer.Option("--choices", help="fidelity.json of `cxr-edge fidelity --method "
+                                                 "auto` (or --layer auto): each backbone's chosen method and layer "
+                                                 "replace --method/--layer for it.")] = None,
     progress: Progress = True,
 ) -> None:
     """Grad-CAM heatmaps of IMAGES for every run, prepared exactly as in training; raw .npy, overlay PNGs
@@ -92,6 +109,10 @@ def gradcam(
         raise ValueError("--layer auto chooses a layer by the pointing game on validation lesion masks: run "
                          "`cxr-edge fidelity RUNS --layer auto`, then pass the layer it names (its table's "
                          "'layer' column) here as --layer BACKBONE=LAYER")
+    methods: dict[str, str] = {}
+    if choices is not None:
+        methods, chosen = _read_choices(choices)
+        layers.update(chosen)
     paths = [str(p) for p in images] if images else _pick(found[0], side, n)
     names = _names(paths)
     labels = {}
@@ -107,16 +128,18 @@ def gradcam(
         imgs = np.stack([pre.image_to_uint8(d) for d in decoded])
         first_images = imgs if first_images is None else first_images
         name = run.record["backbone"]
-        cb = explain(run.build_model(), run.backbone, pre, imgs, method=method, device=device, batch_size=batch_size,
-                     layer=layers.get(name))
+        cb = explain(run.build_model(), run.backbone, pre, imgs, method=methods.get(name, method), device=device,
+                     batch_size=batch_size, layer=layers.get(name))
         written = save_heatmaps(out_dir / name, names, imgs, cb.cams)
         columns[name] = cb.cams
         probs = 1 / (1 + np.exp(-cb.logits.astype(np.float64)))
         record["runs"].append({"run": str(run.path), "backbone": name, "size": pre.size,
+                               "method": methods.get(name, method),
                                "layer": layers.get(name, run.backbone.cam_layer), "grid": list(cb.grids.shape[1:]),
                                "seconds_per_heatmap": cb.seconds_per_image,
                                "probabilities": probs.tolist(), "threshold": run.threshold, "files": written})
-        out.print(f"{name}: {len(paths)} heatmaps at {pre.size} px ({cb.grids.shape[1]}x{cb.grids.shape[2]} grid), "
+        out.print(f"{name}: {len(paths)} {methods.get(name, method)} heatmaps at {pre.size} px "
+                  f"({layers.get(name, run.backbone.cam_layer)}, {cb.grids.shape[1]}x{cb.grids.shape[2]} grid), "
                   f"{cb.seconds_per_image * 1000:.0f} ms per heatmap on {device}")
     rows = [f"{labels.get(str(Path(p).resolve()), labels.get(p, ''))[:1]} {nm}" for p, nm in zip(paths, names)]
     sheet = contact_sheet(out_dir / "contact_sheet.png", first_images, columns, rows)

@@ -88,6 +88,15 @@ def test_fidelity_layer_auto_records_its_choice(bench_run, tmp_path):
     assert (res["method"], res["layer"]) == (sel["method"], sel["layer"])
     bad = invoke("fidelity", bench_run.path, "--method", "auto", "--layer", "resnet18=layer3", "--no-progress")
     assert bad.exit_code == 2 and "leave out --layer" in bad.output
+    cams = tmp_path / "cams"  # the gradcam command takes the choice over
+    r = invoke("gradcam", bench_run.path, "--out", cams, "--n", "2", "--choices", out, "--no-progress")
+    assert r.exit_code == 0, r.output
+    (cam,) = json.loads((cams / "gradcam.json").read_text())["runs"]
+    assert (cam["method"], cam["layer"]) == (sel["method"], sel["layer"])
+    bad = invoke("gradcam", bench_run.path, "--out", cams, "--choices", cams / "gradcam.json", "--no-progress")
+    assert bad.exit_code == 2 and "no run there was measured with --method auto" in " ".join(bad.output.split())
+    bad = invoke("gradcam", bench_run.path, "--out", cams, "--choices", cams / "contact_sheet.png", "--no-progress")
+    assert bad.exit_code == 2 and "not a fidelity.json" in " ".join(bad.output.split())
 
     bad = invoke("fidelity", bench_run.path, "--layer", "auto", "--select-split", "test", "--no-progress")
     assert bad.exit_code == 2 and "use val" in bad.output
