@@ -13,7 +13,8 @@ import numpy as np
 
 from bench.fidelity import (LowerPrecisionUnavailable, cam_agreement, deletion_insertion, fp32_heatmaps,
                             lower_precision_heatmaps, road)
-from bench.localization import energy_in_mask, fidelity_images, lesion_occlusion, pointing_game, pointing_points
+from bench.localization import (default_tolerance, energy_in_mask, fidelity_images, lesion_occlusion, pointing_game,
+                                pointing_points)
 from bench.sanity import sanity_check
 
 PHASES = ("heatmaps", "lesion occlusion, deletion/insertion", "ROAD", "sanity check", "heatmap agreement")
@@ -48,7 +49,7 @@ def run_fidelity(run, *, side: str = "test", n: int = 32, method: str = "gradcam
     fs = fidelity_images(run, side=side, n=n, boxes=boxes)
     model = run.build_model()
     cams = fp32_heatmaps(run, fs.inputs, None, method=method, device=device, model=model, layer=layer)
-    tol = int(round(15 * pre.size / 224)) if tolerance is None else tolerance
+    tol = default_tolerance(pre.size) if tolerance is None else tolerance
     out: dict[str, Any] = {
         "run": str(run.path), "backbone": run.record["backbone"], "size": pre.size, "method": method,
         "layer": layer or run.backbone.cam_layer, "grid": list(cams.grids.shape[1:]), "side": side, "n_images": len(fs.paths),

@@ -59,7 +59,7 @@ def select_layer(run, *, method: str = "gradcam", side: str = "val", n: int = 32
     ``n`` PNEUMONIA images of ``side`` (pointing game and sanity check) and choose one by :data:`RULE`.
     Returns the record stored as ``layer_selection`` (``layer`` and ``method`` chosen, every candidate)."""
     from bench.fidelity import fp32_heatmaps
-    from bench.localization import fidelity_images, pointing_game, pointing_points
+    from bench.localization import default_tolerance, fidelity_images, pointing_game, pointing_points
     from bench.sanity import sanity_check
 
     if side == "test":
@@ -70,7 +70,7 @@ def select_layer(run, *, method: str = "gradcam", side: str = "val", n: int = 32
                         f"{run.path} has none (the synthetic set has them); pass --boxes boxes.csv, or name the "
                         "layer: --layer BACKBONE=LAYER")
     size, backbone = run.preprocess.size, run.record["backbone"]
-    tol = int(round(15 * size / 224)) if tolerance is None else tolerance
+    tol = default_tolerance(size) if tolerance is None else tolerance
     model = run.build_model()
     rows = []
     for m in methods or (method,):
@@ -78,7 +78,7 @@ def select_layer(run, *, method: str = "gradcam", side: str = "val", n: int = 32
             cams = fp32_heatmaps(run, fs.inputs, None, method=m, device=device, model=model, layer=layer)
             pg = pointing_game(pointing_points(cams.grids, size), fs.masks, tolerance=tol)["pointing_game"]
             check = sanity_check(model, backbone, fs.inputs, trained_cams=cams.cams, method=m, device=device,
-                                 max_spearman=max_spearman, layer=layer)
+                                 max_spearman=max_spearman, layer=layer, with_head=False)
             rows.append({"method": m, "layer": layer, "grid": grid, "pointing_game": pg,
                          "sanity_spearman_last_stage": check["spearman_last_stage"], "sanity_passed": check["passed"]})
     best, why = choose(rows)

@@ -38,6 +38,11 @@ def pointing_points(grids: np.ndarray, size: int) -> np.ndarray:
     return pts
 
 
+def default_tolerance(size: int) -> int:
+    """Pointing-game tolerance in input pixels: 15 px at 224 (Zhang et al. 2018), scaled to ``size`` (9 at 128)."""
+    return int(round(15 * size / 224))
+
+
 def pointing_game(points: np.ndarray, masks: np.ndarray, tolerance: int = 0) -> dict[str, Any]:
     """Pointing game (Zhang et al. 2018): a hit when the heatmap's maximum (``points``, row/col per
     image) lies within ``tolerance`` pixels (Euclidean) of the lesion mask. Images without any lesion are left out;

@@ -111,14 +111,16 @@ def randomized_copy(model, start: str | None, seed: int = 0):
 
 def sanity_check(model, backbone: str, inputs: np.ndarray, targets: Sequence[int] | np.ndarray | None = None, *,
                  trained_cams: np.ndarray | None = None, method: str = "gradcam", device: str = "cpu",
-                 max_spearman: float = 0.5, seed: int = 0, layer: str | None = None) -> dict[str, Any]:
+                 max_spearman: float = 0.5, seed: int = 0, layer: str | None = None,
+                 with_head: bool = True) -> dict[str, Any]:
     """Model-randomization test (Adebayo et al. 2018): heatmaps after re-initialising the head, then the
     head and the last stage, must lose their rank correlation with the trained model's heatmaps.
 
     Passes when the absolute mean Spearman correlation after randomizing the head and the last stage
     is below ``max_spearman`` (a random head can also invert a map: strong negative correlation
     means the map still follows the trained features). Constant maps (Grad-CAM's ReLU can zero
-    everything) count as correlation 0. The head-only figures are reported beside it.
+    everything) count as correlation 0. The head-only figures are reported beside it (``with_head=False``
+    leaves them out, saving one heatmap pass: the verdict does not use them).
     """
     from bench.fidelity import cam_agreement
     from core.gradcam import Explainer
@@ -129,7 +131,8 @@ def sanity_check(model, backbone: str, inputs: np.ndarray, targets: Sequence[int
             trained_cams = ex(inputs, targets).cams
     stage = last_stage(backbone, model, size)
     out: dict[str, Any] = {"method": method, "max_spearman": max_spearman, "last_stage": stage}
-    for key, start in (("head", None), ("last_stage", stage)):
+    cascade = [("head", None), ("last_stage", stage)] if with_head else [("last_stage", stage)]
+    for key, start in cascade:
         rand = randomized_copy(model, start, seed=seed)
         with Explainer(rand, backbone, size, method=method, device=device, layer=layer) as ex:
             cams = ex(inputs, targets).cams

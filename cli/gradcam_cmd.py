@@ -19,16 +19,13 @@ Side = Annotated[str, typer.Option("--split", help="Side of the run's saved spli
 N = Annotated[int, typer.Option("--n", help="Images taken from --split when no IMAGES are given (half PNEUMONIA).")]
 Device = Annotated[str, typer.Option("--device", help="cpu or cuda[:N] for the PyTorch model.")]
 Batch = Annotated[int, typer.Option("--batch-size", help="Images per Grad-CAM batch.")]
-Layer = Annotated[list[str] | None, typer.Option("--layer", help="BACKBONE=LAYER (repeatable): Grad-CAM at this "
-                                                 "dotted module path instead of the registry's last stage, e.g. "
-                                                 "resnet18=layer3 (a finer grid: at 64 px the last stage of a "
-                                                 "stride-32 CNN is 2x2 cells).")]
-AutoLayer = Annotated[list[str] | None, typer.Option("--layer", help="BACKBONE=LAYER (repeatable): Grad-CAM at this "
-                                                     "dotted module path instead of the registry's last stage, e.g. "
-                                                     "resnet18=layer3; 'auto' (or BACKBONE=auto) chooses each run's "
-                                                     "layer on --select-split images with lesion masks: the best "
-                                                     "pointing game among the stage outputs that pass the sanity "
-                                                     "check (stored as layer_selection).")]
+_LAYER_HELP = ("BACKBONE=LAYER (repeatable): Grad-CAM at this dotted module path instead of the registry's last "
+               "stage, e.g. resnet18=layer3 (a finer grid: at 64 px the last stage of a stride-32 CNN is 2x2 cells)")
+Layer = Annotated[list[str] | None, typer.Option("--layer", help=_LAYER_HELP + ".")]
+AutoLayer = Annotated[list[str] | None, typer.Option("--layer", help=_LAYER_HELP + "; 'auto' (or BACKBONE=auto) "
+                                                     "chooses each run's layer on --select-split images with lesion "
+                                                     "masks: the best pointing game among the stage outputs that "
+                                                     "pass the sanity check (stored as layer_selection).")]
 
 
 def _read_choices(path: Path) -> tuple[dict[str, str], dict[str, str]]:

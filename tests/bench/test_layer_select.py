@@ -62,3 +62,17 @@ def test_select_layer_on_the_tiny_run(bench_run):
         assert 0 <= c["pointing_game"] <= 1 and c["sanity_passed"] == (abs(c["sanity_spearman_last_stage"]) < 0.5)
     with pytest.raises(ValueError, match="never on the test"):
         LS.select_layer(bench_run, side="test", n=4)
+
+
+def test_sanity_check_without_the_head_step_gives_the_same_verdict():
+    import numpy as np
+
+    from tests.core.test_gradcam import _model
+
+    model = _model("resnet18", 32).eval()
+    x = np.random.default_rng(0).normal(size=(3, 3, 32, 32)).astype(np.float32)
+    full = S.sanity_check(model, "resnet18", x, layer="layer3")
+    short = S.sanity_check(model, "resnet18", x, layer="layer3", with_head=False)
+    assert "spearman_head" in full and "spearman_head" not in short
+    assert short["spearman_last_stage"] == pytest.approx(full["spearman_last_stage"])
+    assert short["passed"] == full["passed"]
