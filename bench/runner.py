@@ -40,11 +40,10 @@ from typing import Any
 import numpy as np
 
 from bench import cost, latency
+from bench.accuracy import accuracy_columns, agreement_columns
 from bench.backends import DEVICES, Target, artifact_targets, torch_targets
 from bench.results_file import RESULTS_FORMAT
 
-# core.metrics names whose column would clash with a row's identity ("precision" is fp32/fp16/int8 here).
-METRIC_COLUMNS = {"precision": "ppv"}
 # "all": every artifact of every backbone is loaded, then all are timed in turns, so rows of different backbones
 # share the same minutes of the machine; "backbone": each backbone's artifacts are timed in turns and unloaded
 # before the next backbone (less memory, but the machine's drift between backbones goes into their comparison).
@@ -359,7 +358,7 @@ def _load_and_score(t: Target, ctx: _Shared) -> tuple[dict[str, Any], Any]:
             raise ValueError(f"predict returned {logits.shape} logits ({int(np.sum(~np.isfinite(logits)))} "
                              f"non-finite) for {len(ctx.labels)} test images")
         probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-        row.update(accuracy_columns(ctx.labels, probs, ctx.threshold, ctx.config))
+        row.update(accuracy_columns(ctx.labels, probs, ctx.threshold, n_boot=ctx.config.n_boot, seed=ctx.config.seed))
         if t.reference and ctx.reference_probs is None:
             ctx.reference_probs, ctx.reference_auc = probs, row["roc_auc"]
         row.update(agreement_columns(probs, ctx.reference_probs, row["roc_auc"], ctx.reference_auc, ctx.threshold))
@@ -390,30 +389,6 @@ def row_metrics(ctx: RowContext) -> dict[str, Any]:
         except Exception as err:
             out[f"{name}_error"] = f"{type(err).__name__}: {err}"
     return out
-
-
-def accuracy_columns(labels: np.ndarray, probs: np.ndarray, threshold: float, config: BenchConfig) -> dict[str, Any]:
-    """ROC-AUC, PR-AUC, sensitivity, specificity, F1, accuracy and precision (as ``ppv``: the row's ``precision``
-    is its numeric precision), each with its 95 % CI (``<name>_lo``, ``<name>_hi``), flat."""
-    from core.metrics import summarize
-
-    s = summarize(labels, probs, threshold, n_boot=config.n_boot, seed=config.seed)
-    row: dict[str, Any] = {"n_test": s["n"], "n_test_pos": s["n_pos"]}
-    for name, m in s["metrics"].items():
-        name = METRIC_COLUMNS.get(name, name)
-        row[name], row[f"{name}_lo"], row[f"{name}_hi"] = m["value"], m["ci95"][0], m["ci95"][1]
-    row.update({f"{k}_count": v for k, v in s["confusion"].items()})
-    return row
-
-
-def agreement_columns(probs: np.ndarray, reference: np.ndarray | None, auc: float, reference_auc: float | None,
-                      threshold: float) -> dict[str, Any]:
-    """Decision agreement with the PyTorch FP32 row, the largest probability change and the ROC-AUC change."""
-    if reference is None:
-        return {"agreement": None, "max_abs_prob": None, "auc_change": None}
-    return {"agreement": float(np.mean((probs >= threshold) == (reference >= threshold))),
-            "max_abs_prob": float(np.max(np.abs(probs - reference))),
-            "auc_change": None if reference_auc is None else float(auc - reference_auc)}
 
 
 def _time_interleaved(live: list[tuple[Target, dict[str, Any], Any, np.ndarray]], config: BenchConfig, bar,
