@@ -3,7 +3,8 @@
     .venv/bin/python tools/cam_sweep.py RUN N METHOD[@STAGES]...
 
 METHOD: gradcam, hirescam, xgrad, elem (Grad-CAM element-wise), shapley, fullgrad, gradcam++, layercam, or
-refine-{gc,pp,hr,lc} (RefineCAM over Grad-CAM / Grad-CAM++ / HiResCAM / LayerCAM); STAGES: indices into the
+refine-{gc,pp,hr,lc} (RefineCAM over Grad-CAM / Grad-CAM++ / HiResCAM / LayerCAM), any of them with "+aug"
+(pytorch-grad-cam's aug_smooth: the maps of flipped and rescaled inputs averaged); STAGES: indices into the
 backbone's three stage outputs below (0 = two before the last, 2 = the last), default 1. Every map is taken at
 the input resolution; the pointing game uses N PNEUMONIA test images and a 9 px tolerance; "sanity rho" is the
 mean Spearman correlation with the maps of the copy randomized from the last stage on (passes below 0.5).
@@ -41,11 +42,13 @@ def make(method, model, layers):
 
 def cams(model, method, layer_names, x, bs=16):
     layers = [model.get_submodule(n) for n in layer_names]
+    aug = method.endswith("+aug")   # pytorch-grad-cam's aug_smooth (flips and scalings averaged)
+    method = method.removesuffix("+aug")
     cam = make(method, model, layers)
     out = []
     for i in range(0, len(x), bs):
         xb = torch.from_numpy(np.ascontiguousarray(x[i:i+bs]))
-        out.append(np.asarray(cam(input_tensor=xb, targets=[BinaryClassifierOutputTarget(1)] * len(xb))))
+        out.append(np.asarray(cam(input_tensor=xb, targets=[BinaryClassifierOutputTarget(1)] * len(xb), aug_smooth=aug)))
     if hasattr(cam, "activations_and_grads"):
         cam.activations_and_grads.release()
     else:
