@@ -37,7 +37,7 @@ def make(method, model, layers):
         base = {"gc": pgc.GradCAM, "pp": pgc.GradCAMPlusPlus, "hr": pgc.HiResCAM, "lc": pgc.LayerCAM}[method.split("-")[1]]
         return pgc.RefineCAM(model, layers, base_method=base)
     cls = {"gradcam": pgc.GradCAM, "hirescam": pgc.HiResCAM, "xgrad": pgc.XGradCAM, "elem": pgc.GradCAMElementWise,
-           "shapley": pgc.ShapleyCAM, "fullgrad": pgc.FullGrad, "gradcam++": pgc.GradCAMPlusPlus, "layercam": pgc.LayerCAM}[method]
+           "shapley": pgc.ShapleyCAM, "fullgrad": pgc.FullGrad, "gradcam++": pgc.GradCAMPlusPlus, "layercam": pgc.LayerCAM, "scorecam": pgc.ScoreCAM}[method]
     return cls(model=model, target_layers=layers)
 
 def cams(model, method, layer_names, x, bs=16):
