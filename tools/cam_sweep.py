@@ -2,7 +2,8 @@
 
     .venv/bin/python tools/cam_sweep.py RUN N METHOD[@STAGES]...
 
-METHOD: gradcam, hirescam, xgrad, elem (Grad-CAM element-wise), shapley, fullgrad, gradcam++, layercam, or
+METHOD: gradcam, hirescam, xgrad, elem (Grad-CAM element-wise), shapley, fullgrad, gradcam++, layercam,
+scorecam, ablation (AblationCAM; both gradient-free, one forward pass per channel: slow on CPU), or
 refine-{gc,pp,hr,lc} (RefineCAM over Grad-CAM / Grad-CAM++ / HiResCAM / LayerCAM), any of them with "+aug"
 (pytorch-grad-cam's aug_smooth: the maps of flipped and rescaled inputs averaged); STAGES: indices into the
 backbone's three stage outputs below (0 = two before the last, 2 = the last), default 1. Every map is taken at
@@ -37,7 +38,7 @@ def make(method, model, layers):
         base = {"gc": pgc.GradCAM, "pp": pgc.GradCAMPlusPlus, "hr": pgc.HiResCAM, "lc": pgc.LayerCAM}[method.split("-")[1]]
         return pgc.RefineCAM(model, layers, base_method=base)
     cls = {"gradcam": pgc.GradCAM, "hirescam": pgc.HiResCAM, "xgrad": pgc.XGradCAM, "elem": pgc.GradCAMElementWise,
-           "shapley": pgc.ShapleyCAM, "fullgrad": pgc.FullGrad, "gradcam++": pgc.GradCAMPlusPlus, "layercam": pgc.LayerCAM, "scorecam": pgc.ScoreCAM}[method]
+           "shapley": pgc.ShapleyCAM, "fullgrad": pgc.FullGrad, "gradcam++": pgc.GradCAMPlusPlus, "layercam": pgc.LayerCAM, "scorecam": pgc.ScoreCAM, "ablation": pgc.AblationCAM}[method]
     return cls(model=model, target_layers=layers)
 
 def cams(model, method, layer_names, x, bs=16):
