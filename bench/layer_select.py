@@ -27,6 +27,23 @@ RULE = ("highest validation pointing game among the stage outputs of stride >= 8
         "randomization sanity check; ties to the coarser layer, then the method named first; none passing: "
         "the registry's layer")
 AUTO_METHODS = ("hirescam", "xgradcam", "gradcam")  # --method auto: the candidates, in tie-break order
+MIN_POINTING = 0.8  # below this validation pointing game the chosen heatmaps are flagged as not localising
+
+
+def localisation_warning(selection: dict[str, Any], min_pointing: float = MIN_POINTING) -> str | None:
+    """A warning for a deployer when the chosen candidate's validation pointing game is below ``min_pointing``
+    (or no candidate passed the sanity check); None when the heatmaps localise on validation."""
+    chosen = [c for c in selection["candidates"] if c.get("sanity_passed")
+              and (c["method"], c["layer"]) == (selection["method"], selection["layer"])]
+    if not chosen:
+        return (f"no {selection['side']} candidate passed the sanity check; the heatmaps at the registry's layer "
+                "are not a validated explanation of this model")
+    pg = chosen[0]["pointing_game"]
+    if pg is None or pg >= min_pointing:
+        return None
+    return (f"its best heatmaps point at the lesion on {pg:.0%} of {selection['n_images']} {selection['side']} "
+            f"images (below {min_pointing:.0%}); read them as where the model's gradients are large, not as "
+            "where the lesion is")
 
 
 def candidate_layers(backbone: str, model, size: int, registry_layer: str) -> list[tuple[str, int]]:
@@ -82,7 +99,10 @@ def select_layer(run, *, method: str = "gradcam", side: str = "val", n: int = 32
             rows.append({"method": m, "layer": layer, "grid": grid, "pointing_game": pg,
                          "sanity_spearman_last_stage": check["spearman_last_stage"], "sanity_passed": check["passed"]})
     best, why = choose(rows)
-    return {"layer": best["layer"] if best else run.backbone.cam_layer,
+    record = {"layer": best["layer"] if best else run.backbone.cam_layer,
             "method": best["method"] if best else (methods or (method,))[0], "reason": why, "rule": RULE,
             "side": side, "n_images": len(fs.paths), "pointing_tolerance_px": tol,
             "mask_source": fs.mask_source, "candidates": rows}
+    record["min_pointing"] = MIN_POINTING
+    record["warning"] = localisation_warning(record)
+    return record

@@ -221,6 +221,8 @@ def fidelity(
                 console.print(f"{name}: {'--method' if method == 'auto' else '--layer'} auto chose "
                               f"{selection['method']} at {chosen} on {selection['n_images']} {select_split} "
                               f"images ({selection['reason']})")
+                if selection["warning"]:
+                    console.print(f"[yellow]warning: {name}: {selection['warning']}[/yellow]")
             elif "layer selection" in phases:
                 on_phase("layer selection")
             run_method = selection["method"] if selection else method

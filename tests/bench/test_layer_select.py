@@ -52,12 +52,27 @@ def test_choose_takes_the_best_pointing_that_passes_the_sanity_check():
     assert LS.choose(rows)[0]["method"] == "hirescam"
 
 
+def test_localisation_warning_flags_a_chosen_candidate_below_the_bar():
+    def sel(rows, method, layer):
+        return {"candidates": rows, "method": method, "layer": layer, "side": "val", "n_images": 128}
+
+    rows = [_row("layer2", 0.51, True, "xgradcam"), _row("layer3", 0.9, False, "xgradcam")]
+    warning = LS.localisation_warning(sel(rows, "xgradcam", "layer2"))
+    assert "51% of 128 val images" in warning and "below 80%" in warning
+    assert LS.localisation_warning(sel(rows, "xgradcam", "layer2"), min_pointing=0.5) is None
+    rows[0]["pointing_game"] = 0.8  # at the bar: no warning
+    assert LS.localisation_warning(sel(rows, "xgradcam", "layer2")) is None
+    rows[0]["sanity_passed"] = False  # nothing passes: the registry's layer is kept and flagged
+    assert "sanity check" in LS.localisation_warning(sel(rows, "xgradcam", "layer4"))
+
+
 def test_select_layer_on_the_tiny_run(bench_run):
     sel = LS.select_layer(bench_run, n=4)
     assert sel["side"] == "val" and sel["n_images"] == 4 and sel["mask_source"] == "synthetic lesion masks"
     assert [c["layer"] for c in sel["candidates"]] == ["layer2", "layer3", "layer4"]
     best, _ = LS.choose(sel["candidates"])
     assert sel["layer"] == (best["layer"] if best else "layer4")
+    assert sel["min_pointing"] == LS.MIN_POINTING and sel["warning"] == LS.localisation_warning(sel)
     for c in sel["candidates"]:
         assert 0 <= c["pointing_game"] <= 1 and c["sanity_passed"] == (abs(c["sanity_spearman_last_stage"]) < 0.5)
     with pytest.raises(ValueError, match="never on the test"):

@@ -79,6 +79,7 @@ def test_fidelity_layer_auto_records_its_choice(bench_run, tmp_path):
     sel = res["layer_selection"]
     assert res["layer"] == sel["layer"] and sel["side"] == "val" and len(sel["candidates"]) == 3
     assert f"resnet18: --layer auto chose gradcam at {sel['layer']} on 3 val images" in " ".join(r.output.split())
+    assert ("warning: resnet18: " in " ".join(r.output.split())) == (sel["warning"] is not None)
     r = invoke("fidelity", bench_run.path, "--out", out, "--n", "3", "--steps", "4", "--no-road", "--method", "auto",
                "--no-progress")
     assert r.exit_code == 0, r.output
