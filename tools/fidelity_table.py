@@ -35,7 +35,7 @@ for f in sys.argv[1:]:
     d = json.loads(Path(f).read_text())
     for r in d["runs"]:
         runs.append((r["backbone"], seed_of(r["run"]), r, d["runs"][0].get("split_hash")))
-runs.sort(key=lambda t: (list(TITLES).index(t[0]) if t[0] in TITLES else 99, t[1]))
+runs.sort(key=lambda t: (list(TITLES).index(t[0]) if t[0] in TITLES else 99, int(t[1]) if t[1].isdigit() else 1 << 30))
 print("| backbone | seed | val ROC-AUC | chosen on val: method, layer | val pointing | **test pointing** "
       "| sanity (Spearman, last stage) | lesion occlusion p | meets the bar |")
 print("|---|---|---|---|---|---|---|---|---|")
