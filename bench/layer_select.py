@@ -41,9 +41,9 @@ def localisation_warning(selection: dict[str, Any], min_pointing: float = MIN_PO
     pg = chosen[0]["pointing_game"]
     if pg is None or pg >= min_pointing:
         return None
-    return (f"its best heatmaps point at the lesion on {pg:.0%} of {selection['n_images']} {selection['side']} "
-            f"images (below {min_pointing:.0%}); read them as where the model's gradients are large, not as "
-            "where the lesion is")
+    n = selection["n_images"]
+    return (f"its best heatmaps point at the lesion on {round(pg * n)} of {n} {selection['side']} images "
+            f"({pg:.3f}, below {min_pointing:g}): a heatmap of this run does not reliably mark the lesion")
 
 
 def candidate_layers(backbone: str, model, size: int, registry_layer: str) -> list[tuple[str, int]]:

@@ -56,9 +56,9 @@ def test_localisation_warning_flags_a_chosen_candidate_below_the_bar():
     def sel(rows, method, layer):
         return {"candidates": rows, "method": method, "layer": layer, "side": "val", "n_images": 128}
 
-    rows = [_row("layer2", 0.51, True, "xgradcam"), _row("layer3", 0.9, False, "xgradcam")]
+    rows = [_row("layer2", 0.51, True, "xgradcam"), _row("layer3", 0.9, False, "xgradcam")]  # 0.51 x 128 = 65.3
     warning = LS.localisation_warning(sel(rows, "xgradcam", "layer2"))
-    assert "51% of 128 val images" in warning and "below 80%" in warning
+    assert "65 of 128 val images (0.510, below 0.8)" in warning
     assert LS.localisation_warning(sel(rows, "xgradcam", "layer2"), min_pointing=0.5) is None
     rows[0]["pointing_game"] = 0.8  # at the bar: no warning
     assert LS.localisation_warning(sel(rows, "xgradcam", "layer2")) is None
