@@ -100,9 +100,8 @@ def select_layer(run, *, method: str = "gradcam", side: str = "val", n: int = 32
                          "sanity_spearman_last_stage": check["spearman_last_stage"], "sanity_passed": check["passed"]})
     best, why = choose(rows)
     record = {"layer": best["layer"] if best else run.backbone.cam_layer,
-            "method": best["method"] if best else (methods or (method,))[0], "reason": why, "rule": RULE,
-            "side": side, "n_images": len(fs.paths), "pointing_tolerance_px": tol,
-            "mask_source": fs.mask_source, "candidates": rows}
-    record["min_pointing"] = MIN_POINTING
+              "method": best["method"] if best else (methods or (method,))[0], "reason": why, "rule": RULE,
+              "side": side, "n_images": len(fs.paths), "pointing_tolerance_px": tol,
+              "mask_source": fs.mask_source, "candidates": rows, "min_pointing": MIN_POINTING}
     record["warning"] = localisation_warning(record)
     return record

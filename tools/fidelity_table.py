@@ -12,9 +12,9 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-TITLES = {"resnet18": "ResNet-18", "resnet50": "ResNet-50", "densenet121": "DenseNet-121",
-          "efficientnet_b0": "EfficientNet-B0", "mobilenetv2_100": "MobileNet-V2",
-          "mobilenetv3_large_100": "MobileNet-V3"}
+from core.registry import BACKBONES, NAMES
+
+TITLES = {name: b.title for name, b in BACKBONES.items()}
 
 
 def seed_of(run_dir: str) -> str:
@@ -34,8 +34,8 @@ runs = []
 for f in sys.argv[1:]:
     d = json.loads(Path(f).read_text())
     for r in d["runs"]:
-        runs.append((r["backbone"], seed_of(r["run"]), r, d["runs"][0].get("split_hash")))
-runs.sort(key=lambda t: (list(TITLES).index(t[0]) if t[0] in TITLES else 99, int(t[1]) if t[1].isdigit() else 1 << 30))
+        runs.append((r["backbone"], seed_of(r["run"]), r, r.get("split_hash")))
+runs.sort(key=lambda t: (NAMES.index(t[0]) if t[0] in NAMES else len(NAMES), int(t[1]) if t[1].isdigit() else 1 << 30))
 print("| backbone | seed | val ROC-AUC | chosen on val: method, layer | val pointing | **test pointing** "
       "| sanity (Spearman, last stage) | lesion occlusion p | meets the bar |")
 print("|---|---|---|---|---|---|---|---|---|")
