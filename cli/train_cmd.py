@@ -30,6 +30,9 @@ Weights = Annotated[Path | None, typer.Option("--weights", help="Start from Imag
 Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
 Threads = Annotated[int | None, typer.Option("--threads", help="CPU threads for torch (default: all cores).")]
 NoAugment = Annotated[bool, typer.Option("--no-augment", help="Turn off training-side augmentation.")]
+CutMix = Annotated[float, typer.Option("--cutmix", help="Probability per batch of CutMix (Yun et al. 2019, through "
+                                       "timm's Mixup: a box of another image pasted in, labels mixed by area); "
+                                       "0 = off, as in the paper. Needs an even --batch-size.")]
 SplitFile = Annotated[Path | None, typer.Option("--split-file", help="Use this saved split instead of making one.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue interrupted runs from their last epoch.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace existing runs in --out.")]
@@ -40,7 +43,7 @@ Jobs = Annotated[int, typer.Option("--jobs", "-j", help="CPU: train this many ba
 
 def _run(names, data, out_dir, size, epochs, batch_size, lr, weight_decay, gamma, alpha, patience, seed, pretrained,
          weights, device, threads, no_augment, split_file, split, split_seed, ratios, skip_bad, synthetic_images,
-         resume, force, progress, jobs=1) -> None:
+         resume, force, progress, jobs=1, cutmix=0.0) -> None:
     from core.pipeline import DataConfig, train_backbones
     from core.synthetic import SyntheticSpec
     from core.train import TrainConfig
@@ -49,7 +52,7 @@ def _run(names, data, out_dir, size, epochs, batch_size, lr, weight_decay, gamma
         raise ValueError("--weights names one file for one backbone; train each backbone with its own file")
     base = TrainConfig(backbone=names[0], size=size, epochs=epochs, batch_size=batch_size, lr=lr,
                        weight_decay=weight_decay, gamma=gamma, alpha=alpha, patience=patience, seed=seed,
-                       augment=not no_augment, pretrained=pretrained, weights=str(weights) if weights else None,
+                       augment=not no_augment, cutmix=cutmix, pretrained=pretrained, weights=str(weights) if weights else None,
                        device=device, threads=threads)
     data_cfg = DataConfig(data=data, split_file=str(split_file) if split_file else None, split_method=split,
                           split_seed=split_seed, ratios=parse_ratios(ratios), skip_bad=skip_bad,
@@ -81,7 +84,7 @@ def train(
     device: Device = "auto", threads: Threads = None, no_augment: NoAugment = False, split_file: SplitFile = None,
     split: SplitMethod = "patient", split_seed: SplitSeed = 42, ratios: Ratios = "0.7,0.15,0.15",
     skip_bad: SkipBad = False, synthetic_images: SynthN = SyntheticSpec.n_images, resume: Resume = False, force: Force = False,
-    jobs: Jobs = 1, progress: Progress = True,
+    jobs: Jobs = 1, progress: Progress = True, cutmix: CutMix = 0.0,
 ) -> None:
     """Train one or more backbones with focal loss on a patient-wise split; one run folder each.
 
@@ -92,7 +95,7 @@ def train(
 
     _run(parse_names(backbones), data, out_dir, size, epochs, batch_size, lr, weight_decay, gamma, alpha, patience,
          seed, pretrained, weights, device, threads, no_augment, split_file, split, split_seed, ratios, skip_bad,
-         synthetic_images, resume, force, progress, jobs)
+         synthetic_images, resume, force, progress, jobs, cutmix)
 
 
 @friendly
@@ -104,14 +107,14 @@ def train_all(
     device: Device = "auto", threads: Threads = None, no_augment: NoAugment = False, split_file: SplitFile = None,
     split: SplitMethod = "patient", split_seed: SplitSeed = 42, ratios: Ratios = "0.7,0.15,0.15",
     skip_bad: SkipBad = False, synthetic_images: SynthN = SyntheticSpec.n_images, resume: Resume = False, force: Force = False,
-    jobs: Jobs = 1, progress: Progress = True,
+    jobs: Jobs = 1, progress: Progress = True, cutmix: CutMix = 0.0,
 ) -> None:
     """Train all seven backbones (or --backbones) with identical settings on one saved split."""
     from core.registry import parse_names
 
     _run(parse_names(backbones), data, out_dir, size, epochs, batch_size, lr, weight_decay, gamma, alpha, patience,
          seed, pretrained, None, device, threads, no_augment, split_file, split, split_seed, ratios, skip_bad,
-         synthetic_images, resume, force, progress, jobs)
+         synthetic_images, resume, force, progress, jobs, cutmix)
 
 
 @friendly

@@ -66,7 +66,10 @@ class Checkpoint:
                                                    "param_groups": sd["param_groups"], "scalars": scalars})
 
     def load(self, model: nn.Module, opt: torch.optim.Optimizer, config: dict) -> dict[str, Any]:
+        from core.train import TrainConfig
+
         saved = json.loads((self.folder / "state.json").read_text())
+        saved["config"] = TrainConfig.complete(saved["config"])
         diffs = {k for k in config if config[k] != saved["config"].get(k)} - _RESUMABLE_DIFFS
         if diffs:
             detail = ", ".join(f"{k}: {saved['config'].get(k)!r} -> {config[k]!r}" for k in sorted(diffs))

@@ -151,7 +151,7 @@ def _plan(run_dir: Path, config: TrainConfig, split_hash: str, resume: bool, for
         return "fresh"
     if runs.is_complete(run_dir):
         record = json.loads((run_dir / "run.json").read_text())
-        saved = record.get("config", {})
+        saved = TrainConfig.complete(record.get("config", {}))
         if saved == config.to_dict() and record.get("split", {}).get("hash") == split_hash:
             return "skipped"
         if saved == config.to_dict():

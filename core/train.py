@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ class TrainConfig:
     patience: int = 5  # epochs without a better validation ROC-AUC before stopping
     seed: int = 42
     augment: bool = True
+    cutmix: float = 0.0  # probability per batch of CutMix (Yun et al. 2019), through timm's Mixup
     pretrained: bool = False
     weights: str | None = None
     device: str = "auto"
@@ -55,17 +56,30 @@ class TrainConfig:
             "size": self.size >= 16, "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 2,
             "lr": self.lr > 0, "weight_decay": self.weight_decay >= 0, "warmup": 0 <= self.warmup < 1,
             "grad_clip": self.grad_clip > 0, "gamma": self.gamma >= 0, "patience": self.patience >= 1,
+            "cutmix": 0 <= self.cutmix <= 1,
         }
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"{name}={getattr(self, name)!r} is out of range; see `cxr-edge train --help`")
         if self.alpha is not None and not 0 <= self.alpha <= 1:
             raise ValueError(f"alpha={self.alpha} must lie in [0, 1] (or be left unset to use class frequency)")
+        if self.cutmix > 0 and self.batch_size % 2:
+            raise ValueError(f"cutmix={self.cutmix} needs an even batch_size (now {self.batch_size}): timm's Mixup "
+                             "pairs each image with its mirror in the batch")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device {self.device!r} is not known; use auto, cpu or cuda[:N]")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def complete(cls, saved: dict[str, Any]) -> dict[str, Any]:
+        """A saved config with the fields added since it was written set to their defaults (for comparison).
+
+        ``cutmix`` came later than most runs; a run saved without it trained with the default (none).
+        """
+        defaults = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+        return {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
 
 
 @dataclass
@@ -139,6 +153,17 @@ def lr_at(step: int, total: int, config: TrainConfig) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def cutmix(p: float):
+    """timm's Mixup set up as CutMix only (Yun et al. 2019: box area from Beta(1, 1), labels mixed by area).
+
+    Applied to a whole batch with probability ``p``; each image takes a box from its mirror in the batch.
+    Reads numpy's global generator, which :func:`train_one_epoch` seeds per epoch.
+    """
+    from timm.data import Mixup
+
+    return Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, prob=p, mode="batch", label_smoothing=0.0, num_classes=2)
+
+
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Mild radiograph augmentation on a normalised batch: small affine jitter, brightness, contrast.
 
@@ -194,12 +219,18 @@ def train_one_epoch(model, opt, loss_fn, train: SideImages, preprocess, config: 
     n_steps = max(1, per_rank // config.batch_size)
     losses, seen, t0 = [], 0, time.perf_counter()
     channels_last = device.type == "cuda" and config.amp
+    mix = cutmix(config.cutmix) if config.cutmix > 0 else None
+    if mix is not None:
+        np.random.seed(config.seed * 1000 + epoch)  # so that a resumed run mixes as an uninterrupted one does
     for b in range(n_steps):
         idx = np.sort(order[b * config.batch_size:(b + 1) * config.batch_size])
         x = batch_input(train.images[idx], preprocess, device, channels_last)
         if config.augment:
             x = augment(x, gen)
         y = torch.from_numpy(train.labels[idx]).float().to(device)
+        if mix is not None:  # soft targets: the PNEUMONIA column of the mixed one-hot labels
+            x, y = mix(x, y.long())
+            y = y[:, 1].contiguous()
         for g in opt.param_groups:
             g["lr"] = lr_at(step0 + b, total_steps, config)
         opt.zero_grad(set_to_none=True)
