@@ -6,7 +6,7 @@ import torch
 
 from core import runs
 from core.datasets import load_sides
-from core.train import TrainConfig, augment, fit, init_head, lr_at, predict_probs
+from core.train import TrainConfig, augment, cutmix, fit, init_head, lr_at, predict_probs
 
 BACKBONE = "mobilenetv3_large_100"  # the fastest of the seven on a CPU
 
@@ -38,6 +38,38 @@ def test_augment_is_seeded_and_keeps_shape():
     assert a.shape == x.shape and torch.equal(a, b) and not torch.allclose(a, x)
 
 
+def test_cutmix_pastes_a_box_and_mixes_the_label_by_its_area():
+    """A black NORMAL image and a white PNEUMONIA one: after CutMix, each image's PNEUMONIA target is the
+    share of its pixels that came from the white image, and the boxes sit where the pixels changed."""
+    x = torch.stack([torch.zeros(3, 32, 32), torch.ones(3, 32, 32)])
+    y = torch.tensor([0, 1])
+    np.random.seed(3)
+    mixed, soft = cutmix(1.0)(x.clone(), y)
+    white = mixed[0, 0].mean().item()
+    assert 0 < white < 1 and soft[0, 1].item() == pytest.approx(white)
+    assert soft[1, 1].item() == pytest.approx(1 - white) and torch.allclose(soft.sum(1), torch.ones(2))
+    rows, cols = torch.nonzero(mixed[0, 0]).T
+    box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+    assert box.item() == int(mixed[0, 0].sum().item())  # one solid rectangle
+    assert torch.equal(mixed[1, 0], 1 - mixed[0, 0])  # the mirror image got the same box, the other way
+    np.random.seed(3)
+    again, _ = cutmix(1.0)(x.clone(), y)
+    assert torch.equal(again, mixed)
+
+
+def test_cutmix_off_leaves_batches_alone():
+    x = torch.randn(4, 3, 16, 16)
+    out, soft = cutmix(1e-9)(x.clone(), torch.tensor([0, 1, 1, 0]))
+    assert torch.equal(out, x) and soft[:, 1].tolist() == [0, 1, 1, 0]
+
+
+def test_saved_configs_from_before_cutmix_compare_as_without_it():
+    saved = _config().to_dict()
+    del saved["cutmix"]
+    assert TrainConfig.complete(saved) == _config().to_dict()
+    assert TrainConfig.complete(saved) != _config(cutmix=0.5).to_dict()
+
+
 def test_init_head_starts_at_the_prior():
     from core.registry import get
 
@@ -49,7 +81,7 @@ def test_init_head_starts_at_the_prior():
 
 
 @pytest.mark.parametrize("bad", [dict(epochs=0), dict(lr=-1.0), dict(alpha=1.5), dict(device="tpu"),
-                                 dict(backbone="nope")])
+                                 dict(backbone="nope"), dict(cutmix=1.5), dict(cutmix=0.5, batch_size=7)])
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
         _config(**bad)
@@ -73,7 +105,7 @@ def test_fit_writes_a_complete_run_without_pickle(tiny_split, sides, tmp_path):
     assert result.record["val"]["n"] == len(p)
 
 
-def _interrupted_run(split, sides, run_dir, monkeypatch):
+def _interrupted_run(split, sides, run_dir, monkeypatch, **config):
     """Train with the second epoch interrupted (as by Ctrl-C), leaving a checkpoint behind."""
     import core.train as train_mod
 
@@ -86,7 +118,7 @@ def _interrupted_run(split, sides, run_dir, monkeypatch):
 
     monkeypatch.setattr(train_mod, "train_one_epoch", interrupt_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        fit(_config(), split, sides, run_dir)
+        fit(_config(**config), split, sides, run_dir)
     monkeypatch.setattr(train_mod, "train_one_epoch", real)
 
 
@@ -108,6 +140,17 @@ def test_resume_refuses_changed_settings(tiny_split, sides, tmp_path, monkeypatc
     _interrupted_run(tiny_split, sides, tmp_path / "cut", monkeypatch)
     with pytest.raises(runs.RunError, match="lr: 0.002 -> 0.01"):
         fit(_config(lr=1e-2), tiny_split, sides, tmp_path / "cut", resume=True)
+
+
+def test_cutmix_run_is_recorded_and_resumes_to_the_same_model(tiny_split, sides, tmp_path, monkeypatch):
+    full = fit(_config(cutmix=1.0), tiny_split, sides, tmp_path / "full")
+    assert full.record["config"]["cutmix"] == 1.0
+    plain = fit(_config(), tiny_split, sides, tmp_path / "plain")
+    assert [h["loss"] for h in plain.history] != pytest.approx([h["loss"] for h in full.history])
+    _interrupted_run(tiny_split, sides, tmp_path / "cut", monkeypatch, cutmix=1.0)
+    np.random.seed(12345)  # a fresh process: numpy's global state is not the one the first epoch left
+    resumed = fit(_config(cutmix=1.0), tiny_split, sides, tmp_path / "cut", resume=True)
+    assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in full.history])
 
 
 def test_nan_loss_is_a_clear_error(tiny_split, sides, tmp_path):
@@ -132,3 +175,18 @@ def test_best_checkpoint_survives_later_epochs(tmp_path):
     ckpt.save(model, opt, {"epoch": 2}, {})
     ckpt.restore_best(model)
     assert torch.all(model.weight == 1.0)
+
+
+def test_a_finished_run_saved_before_cutmix_is_skipped_not_refused(tmp_path):
+    """``train`` leaves a finished run alone when its settings match, fields added since counting as defaults."""
+    from core.pipeline import _plan
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    old = _config().to_dict()
+    del old["cutmix"]
+    (run_dir / "run.json").write_text(json.dumps({"config": old, "split": {"hash": "abc"}}))
+    (run_dir / "model.safetensors").write_bytes(b"")
+    assert _plan(run_dir, _config(), "abc", resume=False, force=False) == "skipped"
+    with pytest.raises(runs.RunError, match="cutmix: 0.0 -> 0.5"):
+        _plan(run_dir, _config(cutmix=0.5), "abc", resume=False, force=False)
