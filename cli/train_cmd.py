@@ -52,7 +52,8 @@ def _run(names, data, out_dir, size, epochs, batch_size, lr, weight_decay, gamma
         raise ValueError("--weights names one file for one backbone; train each backbone with its own file")
     base = TrainConfig(backbone=names[0], size=size, epochs=epochs, batch_size=batch_size, lr=lr,
                        weight_decay=weight_decay, gamma=gamma, alpha=alpha, patience=patience, seed=seed,
-                       augment=not no_augment, cutmix=cutmix, pretrained=pretrained, weights=str(weights) if weights else None,
+                       augment=not no_augment, cutmix=cutmix, pretrained=pretrained,
+                       weights=str(weights) if weights else None,
                        device=device, threads=threads)
     data_cfg = DataConfig(data=data, split_file=str(split_file) if split_file else None, split_method=split,
                           split_seed=split_seed, ratios=parse_ratios(ratios), skip_bad=skip_bad,
