@@ -45,6 +45,7 @@ from bench.backends import Target, artifact_targets, torch_targets
 from bench.results_file import RESULTS_FORMAT
 from bench.settings import BenchConfig, method_text
 
+
 @dataclass
 class RowContext:
     """What a per-row metric hook may use. ``predictor`` is the loaded artifact (or PyTorch variant);
