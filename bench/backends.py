@@ -3,8 +3,8 @@
 A target is one row of the table: an identity (backbone, format, precision, device, runtime) and
 either a loader that returns a predictor (``predict(float32 NCHW) -> logits``) or the reason it is
 skipped. PyTorch eager FP32 comes first, as the reference every other row is compared with; on CUDA
-it is joined by PyTorch FP16/BF16 autocast with channels-last memory format, and with ``compile`` by
-``torch.compile`` variants. Each manifest record becomes one target per runtime that can run it on
+it is joined by PyTorch FP16/BF16 autocast with channels-last memory format and by the three replayed as
+CUDA graphs, and with ``compile`` by ``torch.compile`` variants. Each manifest record becomes one target per runtime that can run it on
 the device (onnxruntime's CPU, CUDA or TensorRT execution provider; OpenVINO's CPU or GPU device;
 TensorRT engines on CUDA). A runtime that is absent gives a skipped row that says what to install.
 """
@@ -46,13 +46,18 @@ class Target:
 
 class TorchRunner:
     """A PyTorch model run for benchmarking: eager or compiled, FP32 or autocast FP16/BF16, optionally
-    channels-last, on its own copy of the model. Takes and returns host arrays like every other predictor."""
+    channels-last, on its own copy of the model. Takes and returns host arrays like every other predictor.
+
+    ``cuda_graph``: the forward pass is captured once per input shape as a CUDA graph (``torch.cuda.graph``)
+    and replayed from a static input buffer, which removes the per-kernel launch cost of eager mode."""
 
     def __init__(self, model, device: str = "cpu", amp_dtype: str | None = None, channels_last: bool = False,
-                 compile: bool = False) -> None:
+                 compile: bool = False, cuda_graph: bool = False) -> None:
         import torch
 
         self.torch, self.device = torch, torch.device(device)
+        if cuda_graph and self.device.type != "cuda":
+            raise ValueError(f"cuda_graph=True needs a CUDA device, not {device!r}")
         # A copy of its own: .to() and channels-last change a module in place, and the FP32 model is shared by
         # every PyTorch row and by the row-metric hooks; the copy also makes the weights count in the row's memory.
         model = copy.deepcopy(model).to(self.device).eval()
@@ -61,18 +66,44 @@ class TorchRunner:
             model = model.to(memory_format=torch.channels_last)
         self.model = torch.compile(model) if compile else model
         self.amp = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp_dtype or "")
+        self.cuda_graph = cuda_graph
+        self.graphs: dict[tuple[int, ...], tuple[Any, Any, Any]] = {}
+
+    def _forward(self, x):
+        if self.amp is None:
+            return self.model(x)
+        # no autocast weight cache under graph capture (PyTorch's CUDA graph notes): casts are part of the graph
+        with self.torch.autocast(self.device.type, dtype=self.amp, cache_enabled=not self.cuda_graph):
+            return self.model(x)
+
+    def _graph(self, shape: tuple[int, ...]):
+        """(graph, static input, static output) for this input shape, captured on first use."""
+        torch = self.torch
+        if shape not in self.graphs:
+            static_in = torch.zeros(shape, device=self.device).contiguous(memory_format=self.memory_format)
+            side = torch.cuda.Stream(self.device)  # warm-up on a side stream before capture, as the docs ask
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side), torch.no_grad():
+                for _ in range(3):
+                    self._forward(static_in)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.no_grad(), torch.cuda.graph(graph):
+                static_out = self._forward(static_in)
+            self.graphs[shape] = (graph, static_in, static_out)
+        return self.graphs[shape]
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         torch = self.torch
+        x_host = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        if self.cuda_graph:
+            graph, static_in, static_out = self._graph(tuple(x_host.shape))
+            static_in.copy_(x_host)  # host to device into the captured buffer
+            graph.replay()
+            return static_out.float().flatten().cpu().numpy()
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
-            x = x.contiguous(memory_format=self.memory_format)
-            if self.amp is not None:
-                with torch.autocast(self.device.type, dtype=self.amp):
-                    out = self.model(x)
-            else:
-                out = self.model(x)
-            return out.float().flatten().cpu().numpy()
+            x = x_host.to(self.device).contiguous(memory_format=self.memory_format)
+            return self._forward(x).float().flatten().cpu().numpy()
 
 
 def cuda_sync() -> None:
@@ -83,12 +114,12 @@ def cuda_sync() -> None:
 
 def torch_targets(backbone: str, model, device: str, compile: bool = False,
                   weights_bytes: int | None = None, weights_path: str | None = None) -> list[Target]:
-    """The PyTorch rows: eager FP32 (the reference); on CUDA also FP16/BF16 autocast, channels-last;
-    with ``compile`` a ``torch.compile`` twin of each."""
+    """The PyTorch rows: eager FP32 (the reference); on CUDA also FP16/BF16 autocast, channels-last, and each of
+    the three replayed as a CUDA graph; with ``compile`` a ``torch.compile`` twin of each eager row."""
     import torch
 
-    def make(amp: str | None, cl: bool, comp: bool) -> Callable[[], TorchRunner]:
-        return lambda: TorchRunner(model, device, amp_dtype=amp, channels_last=cl, compile=comp)
+    def make(amp: str | None, cl: bool, comp: bool, graph: bool) -> Callable[[], TorchRunner]:
+        return lambda: TorchRunner(model, device, amp_dtype=amp, channels_last=cl, compile=comp, cuda_graph=graph)
 
     common = {"backbone": backbone, "format": "pytorch", "device": device, "bytes": weights_bytes,
               "path": weights_path}
@@ -96,14 +127,17 @@ def torch_targets(backbone: str, model, device: str, compile: bool = False,
     variants: list[tuple[str, str | None, bool]] = [("fp32", None, False)]
     if device == "cuda":
         variants += [("fp16", "fp16", True), ("bf16", "bf16", True)]
+    modes = [("torch eager", False, False)]
+    if device == "cuda":
+        modes.append(("torch eager", False, True))
+    if compile:
+        modes.append(("torch.compile", True, False))
     out = []
-    for comp in (False, True) if compile else (False,):
+    for mode, comp, graph in modes:
         for precision, amp, cl in variants:
-            runtime = "torch.compile" if comp else "torch eager"
-            if amp:
-                runtime += f" autocast {amp}, channels-last"
-            t = Target(precision=precision, runtime=runtime, load=make(amp, cl, comp), sync=sync,
-                       reference=(precision == "fp32" and not comp), **common)
+            runtime = mode + (f" autocast {amp}, channels-last" if amp else "") + (", CUDA graph" if graph else "")
+            t = Target(precision=precision, runtime=runtime, load=make(amp, cl, comp, graph), sync=sync,
+                       reference=(precision == "fp32" and not comp and not graph), **common)
             if amp == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
                 t.load, t.skip_reason = None, f"this GPU ({torch.cuda.get_device_name(0)}) has no bfloat16 support"
             out.append(t)

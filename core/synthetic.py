@@ -299,31 +299,63 @@ def _plan(spec: SyntheticSpec) -> list[tuple[int, int]]:
     return list(zip(labels, sizes))
 
 
-def generate(spec: SyntheticSpec, out_dir: Path, progress: bool = True) -> Path:
-    """Write the data set described by ``spec`` into ``out_dir`` (created if missing); returns it."""
-    out_dir = Path(out_dir)
-    for sub in (*CLASSES, "masks"):
-        (out_dir / sub).mkdir(parents=True, exist_ok=True)
+def _write_patients(spec: SyntheticSpec, out_dir: str, patients: list[tuple[int, int, int]]) -> list[tuple[str, ...]]:
+    """Render and save the given ``(index, label, n_images)`` patients; their manifest rows, in order."""
     rows = []
-    plan = _plan(spec)
-    for i, (label, n) in track(list(enumerate(plan)), description="synthetic CXR", disable=not progress):
+    for i, label, n in patients:
         pid = f"synth-p{i:05d}"
         rng = np.random.default_rng([spec.seed, 1, i])  # per patient: independent of the others
         for j, (img, mask) in enumerate(render_patient(rng, label, n, spec.size)):
             rel = f"{CLASSES[label]}/{pid}-{j}.png"
-            Image.fromarray(img).save(out_dir / rel)
+            Image.fromarray(img).save(Path(out_dir) / rel)
             mask_rel = ""
             if label == 1:
                 mask_rel = f"masks/{pid}-{j}.png"
-                Image.fromarray(mask.astype(np.uint8) * 255).save(out_dir / mask_rel)
+                Image.fromarray(mask.astype(np.uint8) * 255).save(Path(out_dir) / mask_rel)
             rows.append((rel, CLASSES[label], pid, mask_rel))
+    return rows
+
+
+def default_workers(spec: SyntheticSpec) -> int:
+    """Processes for :func:`generate`: one per 500 images, at most one per core (the demo's 540: one)."""
+    return max(1, min(os.cpu_count() or 1, spec.n_images // 500))
+
+
+def generate(spec: SyntheticSpec, out_dir: Path, progress: bool = True, workers: int | None = None) -> Path:
+    """Write the data set described by ``spec`` into ``out_dir`` (created if missing); returns it.
+
+    ``workers`` processes (default :func:`default_workers`) render patients in chunks; every patient
+    has its own generator, so the bytes written do not depend on the number of workers.
+    """
+    out_dir = Path(out_dir)
+    for sub in (*CLASSES, "masks"):
+        (out_dir / sub).mkdir(parents=True, exist_ok=True)
+    patients = [(i, label, n) for i, (label, n) in enumerate(_plan(spec))]
+    workers = default_workers(spec) if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers={workers!r} must be at least 1")
+    chunks = [patients[k:k + 25] for k in range(0, len(patients), 25)]
+    if workers == 1:
+        results = (_write_patients(spec, str(out_dir), c) for c in chunks)
+        rows = [r for chunk in track(results, total=len(chunks), description="synthetic CXR", disable=not progress)
+                for r in chunk]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn, not fork: the parent may hold torch's thread pools, which a forked child can deadlock on
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = pool.map(_write_patients, [spec] * len(chunks), [str(out_dir)] * len(chunks), chunks)
+            rows = [r for chunk in track(results, total=len(chunks),
+                                         description=f"synthetic CXR ({workers} processes)", disable=not progress)
+                    for r in chunk]
     with open(out_dir / "manifest.csv", "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(MANIFEST_COLUMNS)
         writer.writerows(rows)
     counts = {c: sum(r[1] == c for r in rows) for c in CLASSES}
     meta = dict(spec=asdict(spec), key=spec.key(), generator_version=GENERATOR_VERSION,
-                counts=dict(images=len(rows), patients=len(plan), **counts))
+                counts=dict(images=len(rows), patients=len(patients), **counts))
     (out_dir / "spec.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out_dir
 

@@ -27,10 +27,18 @@ def test_cpu_gets_one_pytorch_row_and_compile_adds_its_twin():
     assert [t.runtime for t in rows] == ["torch eager", "torch.compile"] and not rows[1].reference
 
 
-def test_cuda_pytorch_rows_are_fp32_fp16_bf16_channels_last():
+def test_cuda_pytorch_rows_are_fp32_fp16_bf16_channels_last_eager_and_graphed():
     rows = backends.torch_targets("m", torch.nn.Linear(1, 1), "cuda")
-    assert [t.precision for t in rows] == ["fp32", "fp16", "bf16"]
-    assert all("channels-last" in t.runtime for t in rows[1:]) and rows[0].sync is backends.cuda_sync
+    assert [t.precision for t in rows] == ["fp32", "fp16", "bf16"] * 2
+    assert all("channels-last" in t.runtime for t in rows[1:3] + rows[4:]) and rows[0].sync is backends.cuda_sync
+    assert [t.reference for t in rows] == [True] + [False] * 5
+    assert rows[3].runtime == "torch eager, CUDA graph" and all(t.runtime.endswith("CUDA graph") for t in rows[3:])
+    assert len({t.runtime for t in rows}) == 6
+
+
+def test_cuda_graph_on_cpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA device"):
+        backends.TorchRunner(torch.nn.Linear(1, 1), "cpu", cuda_graph=True)
 
 
 def test_onnx_on_cuda_names_both_execution_providers(clean_artifacts):
@@ -83,8 +91,13 @@ def test_torch_runner_on_cuda_matches_fp32_within_half_precision():
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
     ref = backends.TorchRunner(model, "cpu").predict(x)
     for amp in (None, "fp16", "bf16"):
-        out = backends.TorchRunner(model, "cuda", amp_dtype=amp, channels_last=amp is not None).predict(x)
-        assert out.shape == (4,) and np.allclose(out, ref, atol=1e-3 if amp is None else 0.1)
+        for graph in (False, True):
+            runner = backends.TorchRunner(model, "cuda", amp_dtype=amp, channels_last=amp is not None, cuda_graph=graph)
+            out = runner.predict(x)
+            assert out.shape == (4,) and np.allclose(out, ref, atol=1e-3 if amp is None else 0.1)
+            if graph:  # a replay reads the new input, not the one captured; a new shape gets its own graph
+                assert np.allclose(runner.predict(x[::-1].copy()), out[::-1], atol=1e-3 if amp is None else 0.1)
+                assert runner.predict(x[:2]).shape == (2,) and len(runner.graphs) == 2
 
 
 @pytest.mark.gpu

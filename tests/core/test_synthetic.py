@@ -55,6 +55,15 @@ def test_same_seed_same_bytes_other_seed_other_images(small: Path, tmp_path: Pat
     assert not pngs(_hashes(other)) & pngs(_hashes(small))
 
 
+def test_bytes_do_not_depend_on_the_number_of_processes(tmp_path: Path) -> None:
+    spec = SyntheticSpec(n_images=80, size=32, seed=3)  # about 45 patients: two chunks of 25
+    one = generate(spec, tmp_path / "one", progress=False, workers=1)
+    two = generate(spec, tmp_path / "two", progress=False, workers=2)
+    assert _hashes(two) == _hashes(one)
+    with pytest.raises(ValueError, match="workers=0"):
+        generate(spec, tmp_path / "none", progress=False, workers=0)
+
+
 def test_manifest_layout_and_images(small: Path) -> None:
     with open(small / "manifest.csv", newline="") as f:
         assert tuple(next(csv.reader(f))) == MANIFEST_COLUMNS
