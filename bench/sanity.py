@@ -54,7 +54,8 @@ def _stage_grids(backbone: str, model, size: int) -> list[tuple[str, int]]:
         with torch.no_grad():
             was = model.training
             model.eval()
-            model(torch.zeros(1, 3, size, size))
+            # on the model's own device: the Explainer moves a shared model to the GPU in place
+            model(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
             model.train(was)
     finally:
         for h in hooks:

@@ -23,6 +23,16 @@ def test_stage_outputs_name_the_last_module_of_each_grid():
     assert S.last_stage("mobilenetv2_100", _model("mobilenetv2_100", 64), 64) == "blocks.5"
 
 
+def test_stage_outputs_probe_the_model_on_its_own_device():
+    """The Explainer moves a shared model to the GPU in place, and `--method auto` then asks for the stages of
+    that model again (a CPU probe input failed there, on an H200). The meta device stands in for a GPU here."""
+    from tests.core.test_gradcam import _model
+
+    model = _model("resnet18", 32).to("meta")
+    assert S.stage_outputs("resnet18", model, 32)[-1] == ("layer4", 1)
+    assert S.last_stage("resnet18", model, 32) == "layer4"
+
+
 def test_candidates_are_stride_8_or_coarser_then_the_registry_layer():
     from tests.core.test_gradcam import _model
 
