@@ -103,21 +103,28 @@ def _reset_peak() -> bool:
         return False
 
 
-def gpu_peak_mib(device=None) -> float | None:
-    """Peak CUDA memory PyTorch's allocator handed out since the last reset, in MiB (None without CUDA).
+class GpuPeak:
+    """Peak CUDA memory that PyTorch's allocator handed out inside the block, above what was already allocated
+    when it began, in MiB (``mib``; None without CUDA). Other rows' predictors stay loaded while the benchmark
+    interleaves them, so the device-wide peak alone would count their memory too.
 
-    Only PyTorch allocations (PyTorch eager and TensorRT through torch buffers); onnxruntime's CUDA
-    arena and OpenVINO's GPU plugin are not counted.
+    Only PyTorch allocations (PyTorch eager, CUDA graphs' private pools, TensorRT through torch buffers);
+    onnxruntime's CUDA arena and OpenVINO's GPU plugin are not counted.
     """
-    import torch
 
-    if not torch.cuda.is_available():
-        return None
-    return torch.cuda.max_memory_allocated(device) / 2**20
+    def __init__(self, device=None) -> None:
+        self.device, self.mib = device, None
 
+    def __enter__(self) -> "GpuPeak":
+        import torch
 
-def reset_gpu_peak(device=None) -> None:
-    import torch
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.before = torch.cuda.memory_allocated(self.device)
+        return self
 
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats(device)
+    def __exit__(self, *exc) -> None:
+        import torch
+
+        if torch.cuda.is_available():
+            self.mib = (torch.cuda.max_memory_allocated(self.device) - self.before) / 2**20

@@ -282,17 +282,15 @@ def _load_and_score(t: Target, ctx: _Shared) -> tuple[dict[str, Any], Any]:
     predictor = None
     try:
         biggest = latency.make_batch(ctx.inputs, max(ctx.config.latency.batches))
-        if ctx.config.device == "cuda":
-            cost.reset_gpu_peak()
         t0 = time.perf_counter()
-        with cost.PeakMemory() as mem:
+        with cost.PeakMemory() as mem, cost.GpuPeak() as gpu:
             predictor = t.load()
             row["load_s"] = time.perf_counter() - t0
             stage = f"first run at batch {len(biggest)}"
             predictor.predict(biggest)
         row.update(peak_mem_mib=mem.peak_mib, memory_method=mem.method)
         if ctx.config.device == "cuda":
-            row["gpu_peak_mib"] = cost.gpu_peak_mib()
+            row["gpu_peak_mib"] = gpu.mib
         stage = "accuracy"
         logits = predict_batched(predictor, ctx.inputs, ctx.config.accuracy_batch)
         if logits.shape != ctx.labels.shape or not np.all(np.isfinite(logits)):

@@ -40,4 +40,20 @@ def test_peak_memory_sees_a_native_allocation_freed_before_the_end():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
 def test_gpu_peak_is_none_without_cuda():
-    assert cost.gpu_peak_mib() is None
+    with cost.GpuPeak() as gpu:
+        pass
+    assert gpu.mib is None
+
+
+def test_gpu_peak_counts_only_what_the_block_added(monkeypatch):
+    """Other artifacts stay loaded while the benchmark interleaves them (on an H200 each CUDA-graph row's
+    device-wide peak included every earlier row's pool): the block's figure starts from what was allocated."""
+    state = {"allocated": 300 * 2**20, "peak": 900 * 2**20}
+    cuda = torch.cuda
+    monkeypatch.setattr(cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cuda, "reset_peak_memory_stats", lambda d=None: state.update(peak=state["allocated"]))
+    monkeypatch.setattr(cuda, "memory_allocated", lambda d=None: state["allocated"])
+    monkeypatch.setattr(cuda, "max_memory_allocated", lambda d=None: state["peak"])
+    with cost.GpuPeak() as gpu:
+        state.update(peak=state["allocated"] + 120 * 2**20, allocated=state["allocated"] + 40 * 2**20)
+    assert gpu.mib == 120
