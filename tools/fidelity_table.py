@@ -4,7 +4,8 @@
 
 One markdown row per FP32 run in the files (several files: several training seeds of one recipe), sorted by
 backbone, recipe (plain first) and seed, with the training seed and recipe (size, epochs, CutMix where not the
-plain 128 px, 4 epochs) read from each run's run.json, and whether the row meets issue 5's bar (test pointing game >= 0.8 and a passing sanity check, for a run with validation ROC-AUC >= 0.95).
+plain 128 px, 4 epochs) read from each run's run.json, and whether the row meets issue 5's bar (test pointing
+game >= 0.8 and a passing sanity check, for a run with validation ROC-AUC >= 0.95).
 Then a per-backbone summary: runs, runs meeting the bar, and the range of test pointing.
 """
 import json
