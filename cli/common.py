@@ -64,4 +64,7 @@ Ratios = Annotated[str, typer.Option("--ratios", help="train,val,test shares of 
 SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images with a warning (counted in the "
                                        "run record) instead of stopping.")]
 SynthN = Annotated[int, typer.Option("--synthetic-images", help="Images in the synthetic set (when --data synthetic).")]
+SynthSize = Annotated[int, typer.Option("--synthetic-size", help="Side in pixels the synthetic set is drawn at "
+                                        "(when --data synthetic); --size then resizes it. 224 draws the lesions "
+                                        "at 224 px rather than upsampling the 128 px set.")]
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli.common import Data, Progress, Ratios, SkipBad, SplitMethod, SplitSeed, SynthN, console, friendly, out, \
-    parse_ratios
+from cli.common import Data, Progress, Ratios, SkipBad, SplitMethod, SplitSeed, SynthN, SynthSize, console, \
+    friendly, out, parse_ratios
 from core.synthetic import SyntheticSpec
 
 app = typer.Typer(help="Data sets: generate the synthetic set, make and audit patient-wise splits.",
@@ -45,6 +45,7 @@ def split(
     ratios: Ratios = "0.7,0.15,0.15",
     skip_bad: SkipBad = False,
     synthetic_images: SynthN = SyntheticSpec.n_images,
+    synthetic_size: SynthSize = SyntheticSpec.size,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing split file.")] = False,
 ) -> None:
     """Make a patient-wise stratified split and save it as the manifest every later stage reads."""
@@ -54,7 +55,8 @@ def split(
 
     if out_file.exists() and not force:
         raise FileExistsError(f"{out_file} exists; pass --force to replace it, or choose another --out")
-    source = resolve_source(data, skip_bad=skip_bad, synthetic=SyntheticSpec(n_images=synthetic_images))
+    source = resolve_source(data, skip_bad=skip_bad,
+                            synthetic=SyntheticSpec(n_images=synthetic_images, size=synthetic_size))
     result = make_split(source, ratios=parse_ratios(ratios), seed=seed, method=method)
     result.save(out_file)
     _print_counts(result)

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli.common import Data, Progress, Ratios, SkipBad, SplitMethod, SplitSeed, SynthN, console, friendly, out, \
-    parse_ratios
+from cli.common import Data, Progress, Ratios, SkipBad, SplitMethod, SplitSeed, SynthN, SynthSize, console, \
+    friendly, out, parse_ratios
 from core.synthetic import SyntheticSpec
 
 Out = Annotated[Path, typer.Option("--out", "-o", help="Folder of run folders; each backbone writes <out>/<backbone>/.")]
@@ -43,7 +43,7 @@ Jobs = Annotated[int, typer.Option("--jobs", "-j", help="CPU: train this many ba
 
 def _run(names, data, out_dir, size, epochs, batch_size, lr, weight_decay, gamma, alpha, patience, seed, pretrained,
          weights, device, threads, no_augment, split_file, split, split_seed, ratios, skip_bad, synthetic_images,
-         resume, force, progress, jobs=1, cutmix=0.0) -> None:
+         resume, force, progress, jobs=1, cutmix=0.0, synthetic_size=128) -> None:
     from core.pipeline import DataConfig, train_backbones
     from core.synthetic import SyntheticSpec
     from core.train import TrainConfig
@@ -57,7 +57,7 @@ def _run(names, data, out_dir, size, epochs, batch_size, lr, weight_decay, gamma
                        device=device, threads=threads)
     data_cfg = DataConfig(data=data, split_file=str(split_file) if split_file else None, split_method=split,
                           split_seed=split_seed, ratios=parse_ratios(ratios), skip_bad=skip_bad,
-                          synthetic=SyntheticSpec(n_images=synthetic_images))
+                          synthetic=SyntheticSpec(n_images=synthetic_images, size=synthetic_size))
     outcomes = train_backbones(names, base, data_cfg, out_dir, resume=resume, force=force, console=console,
                                show_progress=progress, jobs=jobs)
     table = Table(title=f"runs in {out_dir} ({outcomes[0].record['init']}, {size} px)")
@@ -85,7 +85,7 @@ def train(
     device: Device = "auto", threads: Threads = None, no_augment: NoAugment = False, split_file: SplitFile = None,
     split: SplitMethod = "patient", split_seed: SplitSeed = 42, ratios: Ratios = "0.7,0.15,0.15",
     skip_bad: SkipBad = False, synthetic_images: SynthN = SyntheticSpec.n_images, resume: Resume = False, force: Force = False,
-    jobs: Jobs = 1, progress: Progress = True, cutmix: CutMix = 0.0,
+    jobs: Jobs = 1, progress: Progress = True, cutmix: CutMix = 0.0, synthetic_size: SynthSize = SyntheticSpec.size,
 ) -> None:
     """Train one or more backbones with focal loss on a patient-wise split; one run folder each.
 
@@ -96,7 +96,7 @@ def train(
 
     _run(parse_names(backbones), data, out_dir, size, epochs, batch_size, lr, weight_decay, gamma, alpha, patience,
          seed, pretrained, weights, device, threads, no_augment, split_file, split, split_seed, ratios, skip_bad,
-         synthetic_images, resume, force, progress, jobs, cutmix)
+         synthetic_images, resume, force, progress, jobs, cutmix, synthetic_size)
 
 
 @friendly
@@ -108,14 +108,14 @@ def train_all(
     device: Device = "auto", threads: Threads = None, no_augment: NoAugment = False, split_file: SplitFile = None,
     split: SplitMethod = "patient", split_seed: SplitSeed = 42, ratios: Ratios = "0.7,0.15,0.15",
     skip_bad: SkipBad = False, synthetic_images: SynthN = SyntheticSpec.n_images, resume: Resume = False, force: Force = False,
-    jobs: Jobs = 1, progress: Progress = True, cutmix: CutMix = 0.0,
+    jobs: Jobs = 1, progress: Progress = True, cutmix: CutMix = 0.0, synthetic_size: SynthSize = SyntheticSpec.size,
 ) -> None:
     """Train all seven backbones (or --backbones) with identical settings on one saved split."""
     from core.registry import parse_names
 
     _run(parse_names(backbones), data, out_dir, size, epochs, batch_size, lr, weight_decay, gamma, alpha, patience,
          seed, pretrained, None, device, threads, no_augment, split_file, split, split_seed, ratios, skip_bad,
-         synthetic_images, resume, force, progress, jobs, cutmix)
+         synthetic_images, resume, force, progress, jobs, cutmix, synthetic_size)
 
 
 @friendly

@@ -59,6 +59,21 @@ def test_corrupt_image_names_the_file_and_skip_bad_counts_it(tmp_path, tiny_synt
     assert rec["data"]["skipped_files"] == 1
 
 
+def test_synthetic_size_draws_the_set_at_that_size(tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setenv("CXR_EDGE_CACHE", str(tmp_path / "cache"))
+    r = invoke("train", "resnet18", "--out", tmp_path / "runs", *TINY, "--synthetic-size", "40")
+    assert r.exit_code == 0, r.output
+    source = json.loads((tmp_path / "runs" / "resnet18" / "run.json").read_text())["data"]["source"]
+    spec = json.loads((tmp_path / "cache").joinpath(source).parent.joinpath("spec.json").read_text())["spec"]
+    assert spec == {**spec, "n_images": 60, "size": 40}
+    first = next((tmp_path / "cache").joinpath(source).parent.joinpath("PNEUMONIA").glob("*.png"))
+    assert Image.open(first).size == (40, 40)
+    r = invoke("data", "split", "--synthetic-images", "60", "--synthetic-size", "8", "--out", tmp_path / "s.json")
+    assert r.exit_code == 2 and "size=8 is too small" in r.output and "Traceback" not in r.output
+
+
 def test_split_audit_train_evaluate_end_to_end(tmp_path):
     runs = tmp_path / "runs"
     r = invoke("data", "split", "--synthetic-images", "60", "--out", runs / "split.json")
