@@ -69,10 +69,8 @@ class Checkpoint:
         from core.train import TrainConfig
 
         saved = json.loads((self.folder / "state.json").read_text())
-        saved["config"] = TrainConfig.complete(saved["config"])
-        diffs = {k for k in config if config[k] != saved["config"].get(k)} - _RESUMABLE_DIFFS
-        if diffs:
-            detail = ", ".join(f"{k}: {saved['config'].get(k)!r} -> {config[k]!r}" for k in sorted(diffs))
+        detail = TrainConfig.differences(saved["config"], config, ignore=_RESUMABLE_DIFFS)
+        if detail:
             raise RunError(f"cannot resume {self.folder.parent}: its settings differ ({detail}); "
                            f"use the same settings, or --force to start over")
         model.load_state_dict(io.load_tensors(self.folder / "last.safetensors"))

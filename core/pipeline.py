@@ -151,13 +151,12 @@ def _plan(run_dir: Path, config: TrainConfig, split_hash: str, resume: bool, for
         return "fresh"
     if runs.is_complete(run_dir):
         record = json.loads((run_dir / "run.json").read_text())
-        saved = TrainConfig.complete(record.get("config", {}))
-        if saved == config.to_dict() and record.get("split", {}).get("hash") == split_hash:
+        diff = TrainConfig.differences(record.get("config", {}), config.to_dict())
+        if not diff and record.get("split", {}).get("hash") == split_hash:
             return "skipped"
-        if saved == config.to_dict():
+        if not diff:
             raise runs.RunError(f"{run_dir} was trained on another split ({record.get('split', {}).get('hash')}, "
                                 f"now {split_hash}); choose another --out, or pass --force to replace it")
-        diff = ", ".join(f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in config.to_dict().items() if saved.get(k) != v)
         raise runs.RunError(f"{run_dir} already holds a run trained with other settings ({diff}); "
                             f"choose another --out, or pass --force to replace it")
     if (run_dir / "checkpoint" / "state.json").is_file():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Collection
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,15 @@ class TrainConfig:
         """
         defaults = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
         return {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
+
+    @classmethod
+    def differences(cls, saved: dict[str, Any], now: dict[str, Any], ignore: Collection[str] = ()) -> str:
+        """``"field: saved -> now, ..."`` for every field of ``now`` that a saved config (completed by
+        :meth:`complete`) holds otherwise, ``ignore`` left out; ``""`` when they agree. Finished runs
+        (:func:`core.pipeline._plan`) and interrupted ones (:meth:`core.checkpoint.Checkpoint.load`) compare so."""
+        saved = cls.complete(saved)
+        return ", ".join(f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in now.items()
+                         if k not in ignore and saved.get(k) != v)
 
 
 @dataclass

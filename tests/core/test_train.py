@@ -190,3 +190,11 @@ def test_a_finished_run_saved_before_cutmix_is_skipped_not_refused(tmp_path):
     assert _plan(run_dir, _config(), "abc", resume=False, force=False) == "skipped"
     with pytest.raises(runs.RunError, match="cutmix: 0.0 -> 0.5"):
         _plan(run_dir, _config(cutmix=0.5), "abc", resume=False, force=False)
+
+
+def test_config_differences_name_each_field_and_fill_later_fields_with_defaults():
+    now = TrainConfig(backbone="resnet18", lr=0.004, epochs=4).to_dict()
+    old = {k: v for k, v in now.items() if k != "cutmix"}  # written before --cutmix existed
+    assert TrainConfig.differences(old, now) == ""
+    assert TrainConfig.differences({**old, "lr": 0.01, "epochs": 8}, now) == "epochs: 8 -> 4, lr: 0.01 -> 0.004"
+    assert TrainConfig.differences({**old, "epochs": 8}, now, ignore={"epochs"}) == ""
