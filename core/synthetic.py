@@ -16,12 +16,15 @@ anatomy, so a patient-wise split matters. The class balance defaults to Kermany'
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -335,20 +338,16 @@ def generate(spec: SyntheticSpec, out_dir: Path, progress: bool = True, workers:
     if workers < 1:
         raise ValueError(f"workers={workers!r} must be at least 1")
     chunks = [patients[k:k + 25] for k in range(0, len(patients), 25)]
-    if workers == 1:
-        results = (_write_patients(spec, str(out_dir), c) for c in chunks)
-        rows = [r for chunk in track(results, total=len(chunks), description="synthetic CXR", disable=not progress)
+    with contextlib.ExitStack() as stack:
+        if workers == 1:
+            run = map
+        else:
+            # spawn, not fork: the parent may hold torch's thread pools, which a forked child can deadlock on
+            run = stack.enter_context(ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))).map
+        results = run(_write_patients, [spec] * len(chunks), [str(out_dir)] * len(chunks), chunks)
+        label = "synthetic CXR" + (f" ({workers} processes)" if workers > 1 else "")
+        rows = [r for chunk in track(results, total=len(chunks), description=label, disable=not progress)
                 for r in chunk]
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        # spawn, not fork: the parent may hold torch's thread pools, which a forked child can deadlock on
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            results = pool.map(_write_patients, [spec] * len(chunks), [str(out_dir)] * len(chunks), chunks)
-            rows = [r for chunk in track(results, total=len(chunks),
-                                         description=f"synthetic CXR ({workers} processes)", disable=not progress)
-                    for r in chunk]
     with open(out_dir / "manifest.csv", "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(MANIFEST_COLUMNS)
