@@ -4,9 +4,10 @@ A target is one row of the table: an identity (backbone, format, precision, devi
 either a loader that returns a predictor (``predict(float32 NCHW) -> logits``) or the reason it is
 skipped. PyTorch eager FP32 comes first, as the reference every other row is compared with; on CUDA
 it is joined by PyTorch FP16/BF16 autocast with channels-last memory format and by the three replayed as
-CUDA graphs, and with ``compile`` by ``torch.compile`` variants. Each manifest record becomes one target per runtime that can run it on
-the device (onnxruntime's CPU, CUDA or TensorRT execution provider; OpenVINO's CPU or GPU device;
-TensorRT engines on CUDA). A runtime that is absent gives a skipped row that says what to install.
+CUDA graphs, and with ``compile`` by ``torch.compile`` variants. Each manifest record becomes one target
+per runtime that can run it on the device (onnxruntime's CPU, CUDA or TensorRT execution provider;
+OpenVINO's CPU or GPU device; TensorRT engines on CUDA). A runtime that is absent gives a skipped row
+that says what to install.
 """
 
 from __future__ import annotations
