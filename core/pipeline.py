@@ -17,8 +17,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from core import registry, runs
 from core.datasets import load_sides, resolve_source, split_for
+from core.distributed import Dist
 from core.synthetic import SyntheticSpec
-from core.train import Dist, TrainConfig, fit
+from core.train import TrainConfig, fit
 
 
 @dataclass(frozen=True)

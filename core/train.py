@@ -22,6 +22,7 @@ from torch import nn
 
 from core import io, registry
 from core.datasets import SideImages
+from core.distributed import Dist
 from core.losses import FocalLoss, alpha_from_frequency
 from core.metrics import choose_operating_point, roc_auc_or_nan, summarize
 from core.preprocess import Preprocess
@@ -90,38 +91,6 @@ class TrainConfig:
         saved = cls.complete(saved)
         return ", ".join(f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in now.items()
                          if k not in ignore and saved.get(k) != v)
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def current(cls) -> "Dist":
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return cls(torch.distributed.get_rank(), torch.distributed.get_world_size())
-        return cls()
-
-    @classmethod
-    def init(cls) -> "Dist":
-        """Join the process group that ``torchrun`` describes in the environment (no-op otherwise)."""
-        import os
-
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-            torch.distributed.init_process_group(backend=backend)
-            if torch.cuda.is_available():
-                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        return cls.current()
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch.distributed.barrier()
 
 
 def init_head(model: nn.Module, prior: float) -> None:
