@@ -50,3 +50,20 @@ def write_manifest(out_dir: str | Path, new: list[dict[str, Any]]) -> Path:
 
 def _key(rec: dict[str, Any]) -> tuple[str, str, str]:
     return rec["backbone"], rec["format"], rec["precision"]
+
+
+def verify_sha256(path: str | Path, expected: str | None) -> str:
+    """The sha256 of the artifact at ``path`` (its side files included), checked against its manifest record.
+
+    Raises :class:`ExportError` naming the file and both hashes when they differ: the file was changed, replaced
+    or damaged after export, and a figure measured on it would not describe the exported model.
+    """
+    from export.base import file_sha256
+
+    actual = file_sha256(Path(path))
+    if expected and actual != expected:
+        raise ExportError(
+            f"{path} does not match its manifest record: sha256 {actual[:16]}… on disk, {expected[:16]}… "
+            f"recorded at export; the file was changed after export. Export it again (`cxr-edge export`)"
+        )
+    return actual
