@@ -113,8 +113,10 @@ def gradcam(
     paths = [str(p) for p in images] if images else _pick(found[0], side, n)
     names = _names(paths)
     labels = {}
-    for s in found[0].split().entries:
-        labels[s.path] = "PNEUMONIA" if s.label == 1 else "NORMAL"
+    split = found[0].split()
+    for side in ("train", "val", "test"):
+        for s in split.samples(side):
+            labels[s.path] = "PNEUMONIA" if s.label == 1 else "NORMAL"
     decoded = [decode_image(p) for p in paths]  # once; each run resizes with its own preprocessing
     columns: dict[str, np.ndarray] = {}
     record: dict[str, Any] = {"method": method, "device": device, "images": paths, "runs": [],

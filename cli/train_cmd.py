@@ -33,6 +33,8 @@ NoAugment = Annotated[bool, typer.Option("--no-augment", help="Turn off training
 CutMix = Annotated[float, typer.Option("--cutmix", help="Probability per batch of CutMix (Yun et al. 2019, through "
                                        "timm's Mixup: a box of another image pasted in, labels mixed by area); "
                                        "0 = off, as in the paper. Needs an even --batch-size.")]
+Recipe = Annotated[str, typer.Option("--recipe", help="Named training recipe (core/recipes.py; docs/recipes.md): "
+                                      "baseline, strong-aug, equalize, smooth-ema, lean. Recorded in run.json.")]
 SplitFile = Annotated[Path | None, typer.Option("--split-file", help="Use this saved split instead of making one.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue interrupted runs from their last epoch.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace existing runs in --out.")]
@@ -43,7 +45,8 @@ Jobs = Annotated[int, typer.Option("--jobs", "-j", help="CPU: train this many ba
 
 def _run(names, data, out_dir, size, epochs, batch_size, lr, weight_decay, gamma, alpha, patience, seed, pretrained,
          weights, device, threads, no_augment, split_file, split, split_seed, ratios, skip_bad, synthetic_images,
-         resume, force, progress, jobs=1, cutmix=0.0, synthetic_size=128) -> None:
+         resume, force, progress, jobs=1, cutmix=0.0, synthetic_size=128, recipe="baseline") -> None:
+    from core import recipes
     from core.pipeline import DataConfig, train_backbones
     from core.synthetic import SyntheticSpec
     from core.train import TrainConfig
@@ -55,12 +58,13 @@ def _run(names, data, out_dir, size, epochs, batch_size, lr, weight_decay, gamma
                        augment=not no_augment, cutmix=cutmix, pretrained=pretrained,
                        weights=str(weights) if weights else None,
                        device=device, threads=threads)
+    base = recipes.apply(base, recipe)
     data_cfg = DataConfig(data=data, split_file=str(split_file) if split_file else None, split_method=split,
                           split_seed=split_seed, ratios=parse_ratios(ratios), skip_bad=skip_bad,
                           synthetic=SyntheticSpec(n_images=synthetic_images, size=synthetic_size))
     outcomes = train_backbones(names, base, data_cfg, out_dir, resume=resume, force=force, console=console,
                                show_progress=progress, jobs=jobs)
-    table = Table(title=f"runs in {out_dir} ({outcomes[0].record['init']}, {size} px)")
+    table = Table(title=f"runs in {out_dir} ({outcomes[0].record['init']}, {size} px, recipe {recipe})")
     for col in ("backbone", "status", "val AUC", "threshold", "best/epochs", "secs"):
         table.add_column(col, no_wrap=True)
     for o in outcomes:
@@ -86,6 +90,7 @@ def train(
     split: SplitMethod = "patient", split_seed: SplitSeed = 42, ratios: Ratios = "0.7,0.15,0.15",
     skip_bad: SkipBad = False, synthetic_images: SynthN = SyntheticSpec.n_images, resume: Resume = False, force: Force = False,
     jobs: Jobs = 1, progress: Progress = True, cutmix: CutMix = 0.0, synthetic_size: SynthSize = SyntheticSpec.size,
+    recipe: Recipe = "baseline",
 ) -> None:
     """Train one or more backbones with focal loss on a patient-wise split; one run folder each.
 
@@ -96,7 +101,7 @@ def train(
 
     _run(parse_names(backbones), data, out_dir, size, epochs, batch_size, lr, weight_decay, gamma, alpha, patience,
          seed, pretrained, weights, device, threads, no_augment, split_file, split, split_seed, ratios, skip_bad,
-         synthetic_images, resume, force, progress, jobs, cutmix, synthetic_size)
+         synthetic_images, resume, force, progress, jobs, cutmix, synthetic_size, recipe)
 
 
 @friendly
@@ -109,13 +114,14 @@ def train_all(
     split: SplitMethod = "patient", split_seed: SplitSeed = 42, ratios: Ratios = "0.7,0.15,0.15",
     skip_bad: SkipBad = False, synthetic_images: SynthN = SyntheticSpec.n_images, resume: Resume = False, force: Force = False,
     jobs: Jobs = 1, progress: Progress = True, cutmix: CutMix = 0.0, synthetic_size: SynthSize = SyntheticSpec.size,
+    recipe: Recipe = "baseline",
 ) -> None:
     """Train all seven backbones (or --backbones) with identical settings on one saved split."""
     from core.registry import parse_names
 
     _run(parse_names(backbones), data, out_dir, size, epochs, batch_size, lr, weight_decay, gamma, alpha, patience,
          seed, pretrained, None, device, threads, no_augment, split_file, split, split_seed, ratios, skip_bad,
-         synthetic_images, resume, force, progress, jobs, cutmix, synthetic_size)
+         synthetic_images, resume, force, progress, jobs, cutmix, synthetic_size, recipe)
 
 
 @friendly

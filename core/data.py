@@ -62,6 +62,7 @@ class DataSource:
     kind: str  # "kermany-split", "class-folders" or "csv"
     samples: list[Sample]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    synthetic: dict | None = None  # the built-in synthetic set: its SyntheticSpec fields
 
 
 def patient_id(filename: str) -> str:

@@ -7,7 +7,7 @@ The one entry point every stage uses: ``resolve_source`` turns "synthetic" or a 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +24,11 @@ def resolve_source(data: str | None, *, skip_bad: bool = False, synthetic: Synth
                    progress: bool = True) -> DataSource:
     """``None``/"synthetic" -> the built-in synthetic set (generated on first use); else a folder or CSV."""
     if data is None or data == SYNTHETIC:
-        root = ensure_synthetic(synthetic or SyntheticSpec(), progress=progress)
-        return read_source(root / "manifest.csv", skip_bad=skip_bad)
+        spec = synthetic or SyntheticSpec()
+        root = ensure_synthetic(spec, progress=progress)
+        source = read_source(root / "manifest.csv", skip_bad=skip_bad)
+        source.synthetic = asdict(spec)
+        return source
     return read_source(data, skip_bad=skip_bad)
 
 

@@ -97,17 +97,19 @@ def train_backbones(names: list[str], base: TrainConfig, data: DataConfig, out: 
     return outcomes
 
 
-def _fit_inputs(c: TrainConfig, split, source, data: DataConfig, by_size: dict[int, Any],
+def _fit_inputs(c: TrainConfig, split, source, data: DataConfig, by_pre: dict[Any, Any],
                 show_progress: bool) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The decoded train/val images for ``c`` (once per input size) and the data record of its run."""
-    if c.size not in by_size:
-        preprocess = registry.get(c.backbone).preprocess(c.size)
-        by_size[c.size] = load_sides(split, preprocess, sides=("train", "val"), skip_bad=data.skip_bad,
-                                     progress=show_progress)
-    sides, skipped = by_size[c.size]
-    return sides, {"data": {"source": source.root, "kind": source.kind,
-                            "skipped_files": len(source.skipped) + len(skipped),
-                            "skipped": (source.skipped + skipped)[:50]}}
+    """The decoded train/val images for ``c`` (once per preprocessing) and the data record of its run."""
+    from core.train import preprocess_for
+
+    preprocess = preprocess_for(c)
+    if preprocess not in by_pre:
+        by_pre[preprocess] = load_sides(split, preprocess, sides=("train", "val"), skip_bad=data.skip_bad,
+                                        progress=show_progress)
+    sides, skipped = by_pre[preprocess]
+    bad = [(split.relpath(p), reason) for p, reason in source.skipped + skipped]
+    return sides, {"data": {"source": split.source_record(), "kind": source.kind,
+                            "skipped_files": len(bad), "skipped": bad[:50]}}
 
 
 def _outcome(c: TrainConfig, plans: dict[str, str], out: Path, record: dict[str, Any]) -> Outcome:

@@ -5,7 +5,9 @@ from there, so an image is prepared identically wherever it is used (the seed pr
 OpenCV for training and PIL for its CAMs; this is the single place that decides).
 
 Pipeline: decode -> grayscale (8-bit) -> resize to ``size x size`` (PIL bilinear, aspect ratio
-not kept, as the Kermany images are distributed) -> repeat to ``channels`` -> uint8 ``HxWxC``.
+not kept, as the Kermany images are distributed) -> optional histogram equalisation of the resized image
+(``equalize="histogram"``: PIL's ``ImageOps.equalize``, set by the ``equalize`` training recipes) -> repeat to
+``channels`` -> uint8 ``HxWxC``.
 Normalisation with ``mean``/``std`` happens on batches, as float32 ``NCHW``.
 """
 
@@ -20,6 +22,7 @@ from PIL import Image
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE_RULES = ("squash",)
+EQUALIZE_RULES = ("none", "histogram")
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class Preprocess:
     mean: tuple[float, ...] = field(default=IMAGENET_MEAN)
     std: tuple[float, ...] = field(default=IMAGENET_STD)
     resize: str = "squash"
+    equalize: str = "none"  # "histogram": global histogram equalisation of the resized grayscale image
 
     def __post_init__(self) -> None:
         if not isinstance(self.size, int) or self.size < 16:
@@ -43,6 +47,9 @@ class Preprocess:
             raise ValueError(f"std {self.std} must be positive")
         if self.resize not in RESIZE_RULES:
             raise ValueError(f"resize rule {self.resize!r} is not known; choose one of {', '.join(RESIZE_RULES)}")
+        if self.equalize not in EQUALIZE_RULES:
+            raise ValueError(f"equalize rule {self.equalize!r} is not known; choose one of "
+                             f"{', '.join(EQUALIZE_RULES)}")
 
     @classmethod
     def for_model(cls, size: int, channels: int = 3) -> "Preprocess":
@@ -63,6 +70,7 @@ class Preprocess:
             mean=tuple(float(x) for x in d["mean"]),
             std=tuple(float(x) for x in d["std"]),
             resize=str(d.get("resize", "squash")),
+            equalize=str(d.get("equalize", "none")),
         )
 
     def image_to_uint8(self, image: Image.Image) -> np.ndarray:
@@ -70,6 +78,10 @@ class Preprocess:
         gray = image.convert("L") if image.mode != "L" else image
         if gray.size != (self.size, self.size):
             gray = gray.resize((self.size, self.size), Image.BILINEAR)
+        if self.equalize == "histogram":
+            from PIL import ImageOps
+
+            gray = ImageOps.equalize(gray)
         arr = np.asarray(gray, dtype=np.uint8)
         return np.repeat(arr[:, :, None], self.channels, axis=2)
 

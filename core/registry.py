@@ -47,6 +47,8 @@ class Backbone:
         pretrained: bool = False,
         weights: str | Path | None = None,
         num_classes: int = 1,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
     ) -> nn.Module:
         """Build the timm model with ``num_classes`` logits for ``size x size`` inputs.
 
@@ -58,6 +60,10 @@ class Backbone:
         import timm
 
         kwargs: dict = {"num_classes": num_classes, **dict(self.timm_kwargs)}
+        if drop_rate:
+            kwargs["drop_rate"] = drop_rate
+        if drop_path_rate and self.supports_drop_path:
+            kwargs["drop_path_rate"] = drop_path_rate
         if self.family == "vit":
             if size % self.patch_size:
                 raise RegistryError(
@@ -94,6 +100,11 @@ class Backbone:
                     f"or train from scratch without --pretrained."
                 ) from err
         return timm.create_model(self.timm_id, pretrained=False, **kwargs)
+
+    @property
+    def supports_drop_path(self) -> bool:
+        """Whether timm's model of this backbone has stochastic depth (DenseNet has none)."""
+        return not self.timm_id.startswith("densenet")
 
     def cam_target(self, model: nn.Module) -> nn.Module:
         return model.get_submodule(self.cam_layer)

@@ -3,10 +3,15 @@
 ``runs/<backbone>/`` holds ``model.safetensors`` (weights), ``run.json`` (everything needed to
 rebuild the model and its preprocessing: backbone, size, threshold chosen on validation, split hash,
 versions, timings), ``split.json`` (a copy of the split it was trained on) and ``log.jsonl``.
+
+run.json records the sha256 of model.safetensors, and every load checks it: the run's hash (sha256 of
+run.json, which export and bench records name) therefore covers the weights, and weights copied in from
+another run are an error naming both hashes, never a silently different model.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -20,6 +25,7 @@ from core.preprocess import Preprocess
 from core.split import Split
 
 RUN_FORMAT = "cxr-edge-run/1"
+WEIGHTS = "model.safetensors"
 
 
 class RunError(RuntimeError):
@@ -30,8 +36,46 @@ def write_run(run_dir: Path, model: nn.Module, record: dict[str, Any], split: Sp
     run_dir.mkdir(parents=True, exist_ok=True)
     split.save(run_dir / "split.json")
     meta = {"backbone": record["backbone"], "format": RUN_FORMAT, "split_hash": split.hash}
-    io.save_tensors(run_dir / "model.safetensors", model.state_dict(), metadata=meta)
+    io.save_tensors(run_dir / WEIGHTS, model.state_dict(), metadata=meta)
+    record = {**record, "weights": {"file": WEIGHTS, "sha256": weights_sha256(run_dir / WEIGHTS)}}
     io.write_json(run_dir / "run.json", record)  # last: its presence marks a complete run
+
+
+def weights_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _shapes_of(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """Tensor shapes and the metadata of a safetensors file, read from its header alone."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}, dict(f.metadata() or {})
+
+
+def looks_like(path: str | Path, size: int) -> str | None:
+    """The registry backbone whose parameter names and shapes a weights file matches, if any (built on the
+    meta device: no memory, no time)."""
+    import torch
+
+    try:
+        shapes, meta = _shapes_of(Path(path))
+    except Exception:  # not a safetensors file at all: nothing to tell
+        return None
+    for name in registry.NAMES:
+        try:
+            with torch.device("meta"):
+                model = registry.get(name).build(size)
+        except Exception:  # e.g. a ViT at a size its patches do not divide
+            continue
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        if expected.keys() == shapes.keys() and all(expected[k] == shapes[k] for k in expected):
+            return name
+    return meta.get("backbone")
 
 
 def is_complete(run_dir: str | Path) -> bool:
@@ -62,15 +106,39 @@ class Run:
     def split(self) -> Split:
         return Split.load(self.path / "split.json")
 
-    def build_model(self) -> nn.Module:
-        """The trained model in eval mode on the CPU, its weights checked against the architecture."""
-        model = self.backbone.build(self.preprocess.size)
-        state = io.load_tensors(self.path / "model.safetensors")
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
+    @property
+    def weights_path(self) -> Path:
+        return self.path / WEIGHTS
+
+    def check_weights(self) -> str:
+        """The sha256 of model.safetensors, checked against the one run.json recorded at training."""
+        actual = weights_sha256(self.weights_path)
+        expected = (self.record.get("weights") or {}).get("sha256")
+        if expected is None:
+            return actual  # a run from before weights were recorded: nothing to compare
+        if actual != expected:
             raise RunError(
-                f"{self.path / 'model.safetensors'} does not match {self.record['backbone']} at size "
-                f"{self.preprocess.size}: missing {missing[:3]}, unexpected {unexpected[:3]}; retrain the run"
+                f"{self.weights_path} is not the file this run trained: sha256 {actual[:16]}… on disk, "
+                f"{expected[:16]}… in {self.path / 'run.json'}. Put the run's own weights back, or retrain the run"
+            )
+        return actual
+
+    def build_model(self) -> nn.Module:
+        """The trained model in eval mode on the CPU, its weights checked by hash and against the architecture."""
+        self.check_weights()
+        model = self.backbone.build(self.preprocess.size)
+        state = io.load_tensors(self.weights_path)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError:  # shapes differ
+            missing, unexpected = ["(shapes differ)"], []
+        if missing or unexpected:
+            other = looks_like(self.weights_path, self.preprocess.size)
+            what = (f"they look like {other} weights" if other and other != self.record["backbone"]
+                    else f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+            raise RunError(
+                f"{self.weights_path} does not fit {self.record['backbone']} at size {self.preprocess.size}: "
+                f"{what}; put the run's own weights back, or retrain the run"
             )
         return model.eval()
 

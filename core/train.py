@@ -51,6 +51,16 @@ class TrainConfig:
     device: str = "auto"
     threads: int | None = None
     amp: bool = True  # CUDA only: bf16 (or fp16 with a grad scaler) autocast and channels-last
+    # Set by the named recipes of core/recipes.py (``baseline`` leaves them at these defaults).
+    recipe: str = "baseline"
+    augment_level: str = "mild"  # "mild" (affine + intensity jitter) or "strong" (acquisition differences)
+    equalize: bool = False  # histogram equalisation inside the run's preprocessing
+    label_smoothing: float = 0.0  # binary targets pulled to eps/2 and 1 - eps/2
+    mixup: float = 0.0  # mixup's Beta(alpha, alpha) (Zhang et al. 2018); 0 = off
+    ema_decay: float = 0.0  # exponential moving average of the weights, selected and saved instead; 0 = off
+    drop_rate: float = 0.0  # dropout before the classifier (timm drop_rate)
+    drop_path_rate: float = 0.0  # stochastic depth (timm drop_path_rate), where the backbone has it
+    select_on: str = "auc"  # the validation figure that keeps the best epoch and stops early: "auc" or "loss"
 
     def __post_init__(self) -> None:
         registry.get(self.backbone)
@@ -58,7 +68,10 @@ class TrainConfig:
             "size": self.size >= 16, "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 2,
             "lr": self.lr > 0, "weight_decay": self.weight_decay >= 0, "warmup": 0 <= self.warmup < 1,
             "grad_clip": self.grad_clip > 0, "gamma": self.gamma >= 0, "patience": self.patience >= 1,
-            "cutmix": 0 <= self.cutmix <= 1,
+            "cutmix": 0 <= self.cutmix <= 1, "label_smoothing": 0 <= self.label_smoothing < 0.5,
+            "mixup": self.mixup >= 0, "ema_decay": 0 <= self.ema_decay < 1, "drop_rate": 0 <= self.drop_rate < 1,
+            "drop_path_rate": 0 <= self.drop_path_rate < 1, "augment_level": self.augment_level in ("mild", "strong"),
+            "select_on": self.select_on in ("auc", "loss"),
         }
         for name, ok in checks.items():
             if not ok:
@@ -68,6 +81,14 @@ class TrainConfig:
         if self.cutmix > 0 and self.batch_size % 2:
             raise ValueError(f"cutmix={self.cutmix} needs an even batch_size (now {self.batch_size}): timm's Mixup "
                              "pairs each image with its mirror in the batch")
+        if self.cutmix > 0 and self.mixup > 0:
+            raise ValueError("cutmix and mixup are both set; choose one")
+        if self.mixup > 0 and self.batch_size % 2:
+            raise ValueError(f"mixup={self.mixup} needs an even batch_size (now {self.batch_size})")
+        from core.recipes import NAMES as RECIPE_NAMES
+
+        if self.recipe not in RECIPE_NAMES:
+            raise ValueError(f"recipe {self.recipe!r} is not known; choose one of {', '.join(RECIPE_NAMES)}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device {self.device!r} is not known; use auto, cpu or cuda[:N]")
 
@@ -107,6 +128,27 @@ def init_head(model: nn.Module, prior: float) -> None:
     nn.init.constant_(head.bias, math.log(p / (1 - p)))
 
 
+def log_loss_or_nan(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Validation log-loss (binary cross-entropy of the probabilities); NaN when one class is absent."""
+    from sklearn.metrics import log_loss
+
+    if len(np.unique(labels)) < 2:
+        return float("nan")
+    return float(log_loss(labels, np.clip(probs, 1e-7, 1 - 1e-7), labels=[0, 1]))
+
+
+def _describe_recipe(config: TrainConfig, backbone: registry.Backbone) -> dict[str, Any]:
+    """The recipe's name, its settings as this run resolved them, and what did not apply to this backbone."""
+    from core.recipes import get
+
+    recipe = get(config.recipe)
+    out: dict[str, Any] = {"name": recipe.name, "summary": recipe.summary,
+                           "settings": {k: getattr(config, k) for k in recipe.as_dict()}}
+    if config.drop_path_rate and not backbone.supports_drop_path:
+        out["not_applied"] = [f"drop_path_rate: {backbone.name} has no stochastic depth in timm"]
+    return out
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
@@ -143,24 +185,77 @@ def cutmix(p: float):
     return Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, prob=p, mode="batch", label_smoothing=0.0, num_classes=2)
 
 
-def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Mild radiograph augmentation on a normalised batch: small affine jitter, brightness, contrast.
+def mixup(alpha: float):
+    """timm's Mixup as mixup only (Zhang et al. 2018): each image blended with its mirror in the batch by a weight
+    from Beta(alpha, alpha), labels blended alike; on every batch."""
+    from timm.data import Mixup
+
+    return Mixup(mixup_alpha=alpha, cutmix_alpha=0.0, prob=1.0, mode="batch", label_smoothing=0.0, num_classes=2)
+
+
+def preprocess_for(config: TrainConfig) -> Preprocess:
+    """The run's one preprocessing definition: the backbone's, with the recipe's histogram equalisation."""
+    from dataclasses import replace as _replace
+
+    pre = registry.get(config.backbone).preprocess(config.size)
+    return _replace(pre, equalize="histogram") if config.equalize else pre
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, level: str = "mild") -> torch.Tensor:
+    """Radiograph augmentation on a normalised batch: affine jitter, brightness, contrast; ``"strong"`` widens
+    them and adds what differs between acquisitions (gamma, blur, lost resolution, noise), see
+    :func:`_acquisition`.
 
     No horizontal flip: left/right anatomy is not symmetric in a chest radiograph.
     """
     n = x.shape[0]
     rand = lambda lo, hi: lo + (hi - lo) * torch.rand(n, generator=gen)  # noqa: E731
-    angle, scale = rand(-7, 7) * math.pi / 180, rand(0.92, 1.08)
-    tx, ty = rand(-0.06, 0.06), rand(-0.06, 0.06)
+    strong = level == "strong"
+    if strong:
+        x = _acquisition(x, gen)
+    deg, zoom, shift = (10, 0.15, 0.10) if strong else (7, 0.08, 0.06)
+    angle, scale = rand(-deg, deg) * math.pi / 180, rand(1 - zoom, 1 + zoom)
+    tx, ty = rand(-shift, shift), rand(-shift, shift)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1).to(x)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     fill = x.amin(dim=(1, 2, 3), keepdim=True)
     x = F.grid_sample(x - fill, grid, align_corners=False, padding_mode="zeros") + fill
-    contrast = rand(0.85, 1.15).to(x).view(-1, 1, 1, 1)
-    bright = rand(-0.15, 0.15).to(x).view(-1, 1, 1, 1)
+    c, b = (0.3, 0.25) if strong else (0.15, 0.15)
+    contrast = rand(1 - c, 1 + c).to(x).view(-1, 1, 1, 1)
+    bright = rand(-b, b).to(x).view(-1, 1, 1, 1)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     return (x - mean) * contrast + mean + bright
+
+
+def _acquisition(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """What differs between X-ray machines and sites, per image: gamma 0.7-1.4 (detector response and
+    windowing), and with probability 0.3 each a Gaussian blur (sigma 0.3-1.2 px), a down-and-up resampling to
+    50-90% (lost resolution), and Gaussian noise (sigma up to 0.04 of the range). Applied on the batch's own
+    0..1 range, so it needs no preprocessing constants."""
+    n = x.shape[0]
+    u = lambda: torch.rand(n, generator=gen).to(x).view(-1, 1, 1, 1)  # noqa: E731
+    lo, hi = x.amin(dim=(1, 2, 3), keepdim=True), x.amax(dim=(1, 2, 3), keepdim=True)
+    span = (hi - lo).clamp_min(1e-6)
+    y = ((x - lo) / span).clamp(0, 1)
+    y = y ** (0.7 + 0.7 * u())
+    blur, down, noise = u() < 0.3, u() < 0.3, u() < 0.3
+    sigma = float(0.3 + 0.9 * torch.rand(1, generator=gen))
+    k = torch.arange(-3, 4, dtype=y.dtype, device=y.device)
+    k = torch.exp(-k ** 2 / (2 * sigma ** 2))
+    k = k / k.sum()
+    ch = y.shape[1]
+    blurred = F.conv2d(F.pad(y, (3, 3, 0, 0), mode="replicate"), k.view(1, 1, 1, 7).repeat(ch, 1, 1, 1), groups=ch)
+    blurred = F.conv2d(F.pad(blurred, (0, 0, 3, 3), mode="replicate"), k.view(1, 1, 7, 1).repeat(ch, 1, 1, 1),
+                       groups=ch)
+    y = torch.where(blur, blurred, y)
+    h, w = y.shape[-2:]
+    f = float(0.5 + 0.4 * torch.rand(1, generator=gen))
+    small = F.interpolate(y, size=(max(8, round(h * f)), max(8, round(w * f))), mode="bilinear", align_corners=False)
+    y = torch.where(down, F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False), y)
+    eps = torch.randn(y.shape, generator=gen).to(y) * 0.04 * u()
+    y = torch.where(noise, (y + eps).clamp(0, 1), y)
+    return y * span + lo
 
 
 def batch_input(images: np.ndarray, preprocess: Preprocess, device: torch.device, channels_last: bool) -> torch.Tensor:
@@ -189,7 +284,8 @@ def _autocast(device: torch.device, amp: bool):
 
 
 def train_one_epoch(model, opt, loss_fn, train: SideImages, preprocess, config: TrainConfig, *, epoch: int,
-                    step0: int, total_steps: int, device, dist: Dist, scaler, on_step=None) -> dict[str, float]:
+                    step0: int, total_steps: int, device, dist: Dist, scaler, on_step=None,
+                    ema=None) -> dict[str, float]:
     model.train()
     gen = torch.Generator().manual_seed(config.seed * 1000 + epoch)
     order = torch.randperm(len(train.labels), generator=gen).numpy()
@@ -198,18 +294,20 @@ def train_one_epoch(model, opt, loss_fn, train: SideImages, preprocess, config: 
     n_steps = max(1, per_rank // config.batch_size)
     losses, seen, t0 = [], 0, time.perf_counter()
     channels_last = device.type == "cuda" and config.amp
-    mix = cutmix(config.cutmix) if config.cutmix > 0 else None
+    mix = cutmix(config.cutmix) if config.cutmix > 0 else (mixup(config.mixup) if config.mixup > 0 else None)
     if mix is not None:
         np.random.seed(config.seed * 1000 + epoch)  # so that a resumed run mixes as an uninterrupted one does
     for b in range(n_steps):
         idx = np.sort(order[b * config.batch_size:(b + 1) * config.batch_size])
         x = batch_input(train.images[idx], preprocess, device, channels_last)
         if config.augment:
-            x = augment(x, gen)
+            x = augment(x, gen, config.augment_level)
         y = torch.from_numpy(train.labels[idx]).float().to(device)
         if mix is not None:  # soft targets: the PNEUMONIA column of the mixed one-hot labels
             x, y = mix(x, y.long())
             y = y[:, 1].contiguous()
+        if config.label_smoothing:
+            y = y * (1 - config.label_smoothing) + config.label_smoothing / 2
         for g in opt.param_groups:
             g["lr"] = lr_at(step0 + b, total_steps, config)
         opt.zero_grad(set_to_none=True)
@@ -229,6 +327,8 @@ def train_one_epoch(model, opt, loss_fn, train: SideImages, preprocess, config: 
             scaler.update()
         losses.append(loss.item())
         seen += len(idx)
+        if ema is not None:
+            ema.update(model.module if hasattr(model, "module") else model, step=step0 + b)
         if on_step:
             on_step(b + 1, n_steps, float(np.mean(losses[-20:])), seen * dist.world / (time.perf_counter() - t0))
     secs = time.perf_counter() - t0
@@ -255,9 +355,10 @@ def fit(config: TrainConfig, split: Split, sides: dict[str, SideImages], run_dir
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     backbone = registry.get(config.backbone)
-    preprocess = backbone.preprocess(config.size)
+    preprocess = preprocess_for(config)
     train, val = sides["train"], sides["val"]
-    model = backbone.build(config.size, pretrained=config.pretrained, weights=config.weights)
+    model = backbone.build(config.size, pretrained=config.pretrained, weights=config.weights,
+                           drop_rate=config.drop_rate, drop_path_rate=config.drop_path_rate)
     init_head(model, prior=float(np.mean(train.labels)))
     model = model.to(device)
     if device.type == "cuda" and config.amp:
@@ -276,10 +377,18 @@ def fit(config: TrainConfig, split: Split, sides: dict[str, SideImages], run_dir
     if dist.main:
         run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = Checkpoint(run_dir / "checkpoint", write=dist.main)
-    state = {"epoch": 0, "best_auc": -1.0, "best_epoch": -1, "stale": 0, "history": []}
+    state = {"epoch": 0, "best_auc": -1.0, "best_score": -1e30, "best_epoch": -1, "stale": 0, "history": []}
     best_weights: dict[str, torch.Tensor] | None = None  # the best epoch's weights, kept in memory
+    ema = None
+    if config.ema_decay:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=config.ema_decay, use_warmup=True)
     if resume and ckpt.exists():
         state = ckpt.load(model, opt, config.to_dict())
+        if ema is not None and (ckpt.folder / "ema.safetensors").is_file():
+            ema.module.load_state_dict(io.load_tensors(ckpt.folder / "ema.safetensors"))
+    selected = ema.module if ema is not None else model  # the weights scored on validation and kept
     steps_per_epoch = max(1, len(train.labels) // dist.world // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     t_start = time.perf_counter()
@@ -299,17 +408,20 @@ def fit(config: TrainConfig, split: Split, sides: dict[str, SideImages], run_dir
 
         stats = train_one_epoch(net, opt, loss_fn, train, preprocess, config, epoch=epoch,
                                 step0=epoch * steps_per_epoch, total_steps=total_steps, device=device, dist=dist,
-                                scaler=scaler, on_step=on_step)
+                                scaler=scaler, on_step=on_step, ema=ema)
         t_eval = time.perf_counter()
-        val_probs = predict_probs(model, val, preprocess, device, amp=config.amp)
+        val_probs = predict_probs(selected, val, preprocess, device, amp=config.amp)
         val_auc = roc_auc_or_nan(val.labels, val_probs)
-        improved = val_auc > state["best_auc"] + 1e-6
-        row = {"epoch": epoch + 1, **stats, "val_auc": val_auc, "val_seconds": time.perf_counter() - t_eval,
+        val_loss = log_loss_or_nan(val.labels, val_probs)
+        score = -val_loss if config.select_on == "loss" else val_auc
+        improved = score > state.get("best_score", state["best_auc"]) + 1e-6
+        row = {"epoch": epoch + 1, **stats, "val_auc": val_auc, "val_log_loss": val_loss,
+               "val_seconds": time.perf_counter() - t_eval,
                "lr_end": opt.param_groups[0]["lr"], "improved": improved, "time": io.now()}
         state["history"].append(row)
         if improved:
-            state.update(best_auc=val_auc, best_epoch=epoch + 1, stale=0)
-            best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            state.update(best_auc=val_auc, best_score=score, best_epoch=epoch + 1, stale=0)
+            best_weights = {k: v.detach().to("cpu", copy=True) for k, v in selected.state_dict().items()}
         else:
             state["stale"] += 1
         state["epoch"] = epoch + 1
@@ -317,7 +429,11 @@ def fit(config: TrainConfig, split: Split, sides: dict[str, SideImages], run_dir
             io.append_jsonl(run_dir / "log.jsonl", row)
         if epoch + 1 < config.epochs:  # after the last epoch the run is written at once; nothing to resume
             ckpt.save(model, opt, state, config.to_dict())
-            if improved:
+            if ema is not None and dist.main:
+                io.save_tensors(ckpt.folder / "ema.safetensors", ema.module.state_dict())
+                if improved:
+                    io.save_tensors(ckpt.folder / "best.safetensors", best_weights)
+            elif improved:
                 ckpt.mark_last_best()
 
     if best_weights is not None:
@@ -333,12 +449,13 @@ def fit(config: TrainConfig, split: Split, sides: dict[str, SideImages], run_dir
         "config": config.to_dict(),
         "preprocess": preprocess.to_dict(),
         "init": _describe_init(config),
+        "recipe": _describe_recipe(config, backbone),
         "optimizer": {"name": "AdamW", "peak_lr": peak_lr(config), "lr_scale": backbone.lr_scale,
                       "weight_decay": config.weight_decay, "schedule": f"linear warm-up {config.warmup:.0%} + cosine",
                       "grad_clip": config.grad_clip, "batch_size": config.batch_size},
         "loss": {"name": "sigmoid focal", "gamma": config.gamma, "alpha": alpha,
                  "alpha_source": "config" if config.alpha is not None else "training-side class frequency"},
-        "split": {"hash": split.hash, "method": split.method, "seed": split.seed, "source": split.source,
+        "split": {"hash": split.hash, "method": split.method, "seed": split.seed, "source": split.source_record(),
                   "file": "split.json", "counts": split.counts()},
         "threshold": {**op, "chosen_on": "val"},
         "val": summarize(val.labels, val_probs, op["threshold"]),

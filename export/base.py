@@ -363,7 +363,10 @@ def file_sha256(path: Path) -> str:
 
 
 def run_hash(run) -> str:
-    """sha256 of the run's run.json bytes: names the exact trained model an artifact came from."""
+    """sha256 of the run's run.json bytes: names the exact trained model an artifact came from. run.json records
+    the weights' sha256, which is checked here first, so the hash covers the weights too."""
     import hashlib
 
+    if hasattr(run, "check_weights"):
+        run.check_weights()
     return hashlib.sha256((Path(run.path) / "run.json").read_bytes()).hexdigest()

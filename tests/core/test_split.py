@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,7 +41,8 @@ def test_patient_split_never_splits_a_patient_and_respects_ratios():
     assert all(len(s) == 1 for s in sides_of_patients(split).values())
     assert audit(split) == []
     assert len(split.entries) == len(src.samples)
-    assert [e.path for e in split.entries] == [s.path for s in src.samples]
+    assert [split.abspath(e.path) for e in split.entries] == [s.path for s in src.samples]
+    assert split.entries[0].path.startswith(LABEL_DIR[src.samples[0].label] + "/")  # relative to the root
     counts = split.counts()
     n = len(src.samples)
     for side, ratio in zip(SIDES, (0.6, 0.2, 0.2)):
@@ -48,7 +50,7 @@ def test_patient_split_never_splits_a_patient_and_respects_ratios():
         per_label = [sum(s.label == i for s in src.samples) for i in (0, 1)]
         for i, name in enumerate(LABEL_DIR):  # stratified: each class near its ratio too
             assert abs(counts[side][name] / per_label[i] - ratio) < 0.05
-    assert split.skipped == src.skipped and split.method == "patient"
+    assert split.skipped == [("NORMAL/bad.jpeg", "corrupt")] and split.method == "patient"
 
 
 def test_patient_label_is_max_of_its_images():
@@ -90,14 +92,14 @@ def test_save_load_round_trip(tmp_path):
     path = split.save(tmp_path / "runs" / "split.json")
     assert [p.name for p in path.parent.iterdir()] == ["split.json"]  # no temporary file left
     d = json.loads(path.read_text())
-    assert d["format"] == "cxr-edge-split/1" and d["hash"] == split.hash
+    assert d["format"] == "cxr-edge-split/2" and d["hash"] == split.hash
     assert set(d) >= {"method", "seed", "ratios", "source", "created", "counts", "skipped", "entries"}
     assert d["counts"] == split.counts()
     loaded = Split.load(path)
     assert loaded.hash == split.hash and loaded.entries == split.entries
     assert (loaded.method, loaded.seed, loaded.ratios, loaded.source) == ("patient", 3, (0.7, 0.15, 0.15), "/data")
     assert loaded.skipped == split.skipped and loaded.created == split.created
-    assert loaded.samples("val")[0].side == "val"
+    assert loaded.side("val")[0].side == "val"
 
 
 def test_hash_ignores_entry_order():
@@ -121,8 +123,8 @@ def test_edited_file_is_detected(tmp_path):
     [
         (None, "does not exist"),
         ("{not json", "not valid JSON"),
-        ('{"format": "other"}', "not a cxr-edge-split/1 manifest"),
-        ('{"format": "cxr-edge-split/1", "entries": []}', "not a cxr-edge-split/1 manifest"),
+        ('{"format": "other"}', "not a cxr-edge-split/2 manifest"),
+        ('{"format": "cxr-edge-split/2", "entries": []}', "not a cxr-edge-split/2 manifest"),
     ],
 )
 def test_load_bad_files(tmp_path, content, match):
@@ -167,3 +169,65 @@ def test_official_split_keeps_folder_sides_and_reports_overlap():
 def test_official_split_needs_sides():
     with pytest.raises(DataError, match="no train/val/test folders.*--split patient"):
         make_split(synthetic(20), method="official")
+
+
+def _folder(root, n_patients=12):
+    from PIL import Image
+
+    for p in range(n_patients):
+        for label in range(2):
+            if (p + label) % 3 == 0:
+                continue
+            d = root / LABEL_DIR[label]
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(2):
+                Image.new("L", (8, 8), 40 * i).save(d / f"person{p}_{'virus' if label else 'bacteria'}_{i}.jpeg")
+    return root
+
+
+def test_one_folder_at_two_paths_gives_one_hash_and_assignment(tmp_path):
+    import shutil
+
+    from core.data import read_folder
+
+    a = _folder(tmp_path / "here" / "kermany")
+    b = tmp_path / "elsewhere" / "deeper" / "copy"
+    shutil.copytree(a, b)
+    sa, sb = make_split(read_folder(a), seed=5), make_split(read_folder(b), seed=5)
+    assert sa.hash == sb.hash
+    assert [(e.path, e.side) for e in sa.entries] == [(e.path, e.side) for e in sb.entries]
+    saved = json.loads(sa.save(tmp_path / "runs" / "split.json").read_text())
+    assert str(tmp_path) not in json.dumps(saved)  # no machine path in the record
+    assert saved["source"] == {"kind": "folder", "path": "../here/kermany"}
+
+
+def test_moved_split_finds_its_data_and_data_root_override(tmp_path, monkeypatch):
+    import shutil
+
+    from core.data import read_folder
+
+    data = _folder(tmp_path / "data")
+    split = make_split(read_folder(data), seed=1)
+    split.save(tmp_path / "runs" / "split.json")
+    shutil.move(str(tmp_path / "runs"), str(tmp_path / "moved-runs"))  # same depth: still finds the data
+    moved = Split.load(tmp_path / "moved-runs" / "split.json")
+    assert moved.hash == split.hash and moved.samples("test")[0].path.startswith(str(data))
+    shutil.move(str(data), str(tmp_path / "new-place"))
+    gone = Split.load(tmp_path / "moved-runs" / "split.json")
+    with pytest.raises(DataError, match="CXR_EDGE_DATA_ROOT"):
+        gone.samples("test")
+    monkeypatch.setenv("CXR_EDGE_DATA_ROOT", str(tmp_path / "new-place"))
+    found = Split.load(tmp_path / "moved-runs" / "split.json")
+    assert Path(found.samples("train")[0].path).is_file() and found.hash == split.hash
+
+
+def test_old_absolute_manifest_is_read_and_made_relative(tmp_path):
+    split = make_split(synthetic(30))
+    old = {**split.to_dict(), "format": "cxr-edge-split/1", "source": "/data",
+           "entries": [{**e, "path": "/data/" + e["path"]} for e in split.to_dict()["entries"]]}
+    rows = sorted((e["path"], e["label"], e["patient"], e["side"]) for e in old["entries"])
+    import hashlib
+    old["hash"] = hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+    (tmp_path / "split.json").write_text(json.dumps(old))
+    loaded = Split.load(tmp_path / "split.json")
+    assert loaded.entries == split.entries and loaded.hash == split.hash

@@ -198,3 +198,32 @@ def test_config_differences_name_each_field_and_fill_later_fields_with_defaults(
     assert TrainConfig.differences(old, now) == ""
     assert TrainConfig.differences({**old, "lr": 0.01, "epochs": 8}, now) == "epochs: 8 -> 4, lr: 0.01 -> 0.004"
     assert TrainConfig.differences({**old, "epochs": 8}, now, ignore={"epochs"}) == ""
+
+
+def test_weights_are_checked_by_hash_and_by_architecture(tmp_path, tiny_split, sides):
+    """Another run's weights copied in are an error naming both hashes; another backbone's weights are a
+    one-line error naming the backbone they look like."""
+    import shutil
+
+    from core.runs import RunError, load_run
+    from export.base import run_hash
+
+    def train(name, **kw):
+        fit(_config(epochs=1, **kw), tiny_split, sides, tmp_path / name, progress=False)
+        return load_run(tmp_path / name)
+
+    a, b = train("a", seed=0), train("b", seed=1)
+    assert a.record["weights"]["sha256"] == a.check_weights()
+    a.build_model()
+    shutil.copy(b.weights_path, a.weights_path)
+    with pytest.raises(runs.RunError, match=r"not the file this run trained: sha256 .* on disk, .* in .*run.json"):
+        load_run(a.path).build_model()
+    with pytest.raises(RunError, match="not the file this run trained"):
+        run_hash(load_run(a.path))  # export reuse and the bench name runs by this hash
+    c = train("c", backbone="mobilenetv2_100")
+    shutil.copy(c.weights_path, b.weights_path)
+    record = json.loads((b.path / "run.json").read_text())
+    record["weights"]["sha256"] = c.check_weights()  # the hash matches; the architecture does not
+    (b.path / "run.json").write_text(json.dumps(record))
+    with pytest.raises(RunError, match="they look like mobilenetv2_100 weights"):
+        load_run(b.path).build_model()
