@@ -129,19 +129,25 @@ fidelity *args:
 # batch 1 (`cxr-edge bench`'s defaults add batch 32). Timed with one thread (threads=): on the shared 2-core
 # VM two threads left 35 of 49 rows' round medians within 10% of each other (median 6%), one thread 45 of 49
 # (median 2.5%); a CPU with cores to spare can pass threads=4 and so on.
-# real-data results -> docs/RESULTS.md: train all seven on Kermany, export, bench, Grad-CAM, report (data= size= epochs=)
+# real-data results -> docs/RESULTS.md: train all seven on Kermany, export, bench, Grad-CAM, report (data= size= epochs=
+# recipe=, one of `cxr-edge recipes`: baseline, strong-aug, equalize, smooth-ema, lean)
 kermany *args:
     #!/usr/bin/env bash
     set -euo pipefail
     data=../shared/data/kermany-cxr-224 size=128 epochs=2 vit_epochs=1 device=cpu weights= formats=onnx,openvino
-    runs=runs-kermany artifacts=artifacts-kermany results=results/kermany cams=cams-kermany doc=docs/RESULTS.md
-    threads=1
-    source tools/recipe-args.sh "data size epochs vit_epochs device weights formats runs artifacts results cams doc threads" "$@"
+    recipe=baseline runs= artifacts= results= cams= doc= threads=1
+    source tools/recipe-args.sh "data size epochs vit_epochs device weights formats recipe runs artifacts results cams doc threads" "$@"
+    # baseline writes runs-kermany/, artifacts-kermany/, results/kermany/ and docs/RESULTS.md; another recipe
+    # writes the same names with -<recipe> and its page under docs/results/kermany-<recipe>/
+    sfx=; [ "$recipe" != baseline ] && sfx="-$recipe"
+    runs=${runs:-runs-kermany$sfx} artifacts=${artifacts:-artifacts-kermany$sfx} results=${results:-results/kermany$sfx}
+    cams=${cams:-cams-kermany$sfx}
+    [ "$recipe" = baseline ] && doc=${doc:-docs/RESULTS.md} || doc=${doc:-docs/results/kermany-$recipe/README.md}
     init=(); init_words="trained from scratch"
     [ "$weights" = imagenet ] && { init=(--pretrained); init_words="from timm's ImageNet weights"; }
     cnns=resnet18,resnet50,densenet121,efficientnet_b0,mobilenetv2_100,mobilenetv3_large_100
-    {{bin}}/cxr-edge train-all --data "$data" --size "$size" --epochs "$epochs" --backbones "$cnns" --out "$runs" --device "$device" --resume "${init[@]}"
-    {{bin}}/cxr-edge train vit_base_patch16_224 --data "$data" --size "$size" --epochs "$vit_epochs" --out "$runs" --device "$device" --resume "${init[@]}"
+    {{bin}}/cxr-edge train-all --data "$data" --size "$size" --epochs "$epochs" --backbones "$cnns" --out "$runs" --device "$device" --resume --recipe "$recipe" "${init[@]}"
+    {{bin}}/cxr-edge train vit_base_patch16_224 --data "$data" --size "$size" --epochs "$vit_epochs" --out "$runs" --device "$device" --resume --recipe "$recipe" "${init[@]}"
     {{bin}}/cxr-edge export "$runs" --out "$artifacts" --formats "$formats" --precisions all --keep-going
     # the previous run's benchmark is kept as <results>-previous (replacing the one before it) and compared
     if [ -f "$results/results.json" ]; then
@@ -157,7 +163,7 @@ kermany *args:
     {{bin}}/cxr-edge gradcam "$runs" --out "$cams" --n 6
     {{bin}}/cxr-edge report "$results" --out "$doc" --contact-sheet "$cams/contact_sheet.png" "${rep[@]}" \
         --recipe "just kermany${*:+ $*}" \
-        --caption "All seven backbones ${init_words}, ${size} px, CNNs ${epochs} epochs and ViT-B/16 ${vit_epochs} (its compute is 10x a CNN's), batch 16, focal loss, on one patient-wise split of ${data}; benchmarked on ${device}."
+        --caption "All seven backbones ${init_words}, recipe ${recipe}, ${size} px, CNNs ${epochs} epochs and ViT-B/16 ${vit_epochs} (its compute is 10x a CNN's), batch 16, focal loss, on one patient-wise split of ${data}; benchmarked on ${device}."
     {{bin}}/cxr-edge table "$results"
 
 # pytest-benchmark microbenchmarks of each backend's predictor (not part of `just test`); extra args to pytest

@@ -22,6 +22,7 @@ app = typer.Typer(
 app.add_typer(data_cmd.app, name="data")
 app.command("train")(train_cmd.train)
 app.command("train-all")(train_cmd.train_all)
+app.command("recipes")(train_cmd.recipes)
 app.command("evaluate")(train_cmd.evaluate)
 app.command("export")(export_cmd.export)
 app.command("bench")(bench_cmd.bench)

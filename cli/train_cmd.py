@@ -158,3 +158,25 @@ def evaluate(
         table.add_row(name, f"{r['threshold']:.3f}", *cells)
     out.print(table)
     out.print(f"report written to {out_file}")
+
+
+@friendly
+def recipes(
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown section per recipe (docs/recipes.md).")]
+    = False,
+) -> None:
+    """List the named training recipes: what each sets, why, and the literature behind it."""
+    from core import recipes as rc
+
+    if markdown:
+        for r in rc.RECIPES.values():
+            settings = ", ".join(f"`{k}={v}`" for k, v in r.settings) or "the defaults of `cxr-edge train`"
+            out.print(f"### `{r.name}`\n\n{r.summary[0].upper() + r.summary[1:]}.\n\n- Sets: {settings}\n- Why: {r.rationale}\n- Sources: "
+                      + "; ".join(r.citations) + "\n", markup=False, highlight=False, soft_wrap=True)
+        return
+    table = Table(title="training recipes (cxr-edge train-all --recipe NAME)")
+    for col in ("recipe", "what it does", "sets"):
+        table.add_column(col, overflow="fold")
+    for r in rc.RECIPES.values():
+        table.add_row(r.name, r.summary, ", ".join(f"{k}={v}" for k, v in r.settings) or "-")
+    out.print(table)

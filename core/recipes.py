@@ -54,7 +54,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
            "run's one preprocessing definition, so every artifact applies it (numpy/Pillow only, no extra "
            "runtime). Contrast normalisation is the usual first step of cross-site chest X-ray pipelines.",
            ("Pooch, Ballester & Barros, arXiv 1909.01940 (2020)",
-            "Rajaraman et al., Applied Sciences 8(10): 1715 (2018), contrast enhancement for pediatric CXR"),
+            "Pizer et al., Computer Vision, Graphics, and Image Processing 39(3): 355-368 (1987)"),
            _STRONG + _EQUALIZE),
     Recipe("smooth-ema", "equalize + label smoothing 0.1 + mixup (alpha 0.2) + EMA weights (decay 0.995)",
            "Over-confident models keep their training-site threshold where the score distribution has moved; "

@@ -67,3 +67,15 @@ def test_ema_weights_are_the_ones_kept(tiny_split, tmp_path):
     fit(_config(epochs=1), tiny_split, sides, tmp_path / "raw", progress=False)
     a, b = (load_run(tmp_path / n).build_model().state_dict() for n in ("ema", "raw"))
     assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
+
+
+def test_docs_list_every_recipe_as_the_command_prints_it():
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    printed = CliRunner().invoke(app, ["recipes", "--markdown"]).output
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "recipes.md").read_text()
+    assert printed.strip() and doc.endswith(printed) and all(f"### `{n}`" in doc for n in recipes.NAMES)
