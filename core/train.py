@@ -9,6 +9,7 @@ safetensors, everything else JSON.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Collection
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -419,6 +420,10 @@ def fit(config: TrainConfig, split: Split, sides: dict[str, SideImages], run_dir
                "val_seconds": time.perf_counter() - t_eval,
                "lr_end": opt.param_groups[0]["lr"], "improved": improved, "time": io.now()}
         state["history"].append(row)
+        if dist.main and (progress is None or not sys.stderr.isatty()):  # a log file gets one line per epoch
+            print(f"{config.backbone}: epoch {epoch + 1}/{config.epochs} loss {stats['loss']:.4f} "
+                  f"val ROC-AUC {val_auc:.4f} log-loss {val_loss:.4f} ({stats['seconds']:.0f} s, "
+                  f"{stats['images_per_s']:.0f} img/s){' best so far' if improved else ''}", file=sys.stderr, flush=True)
         if improved:
             state.update(best_auc=val_auc, best_score=score, best_epoch=epoch + 1, stale=0)
             best_weights = {k: v.detach().to("cpu", copy=True) for k, v in selected.state_dict().items()}

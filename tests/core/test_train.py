@@ -227,3 +227,9 @@ def test_weights_are_checked_by_hash_and_by_architecture(tmp_path, tiny_split, s
     (b.path / "run.json").write_text(json.dumps(record))
     with pytest.raises(RunError, match="they look like mobilenetv2_100 weights"):
         load_run(b.path).build_model()
+
+
+def test_one_line_per_epoch_when_no_bar_is_shown(tmp_path, tiny_split, sides, capsys):
+    fit(_config(epochs=2), tiny_split, sides, tmp_path / "run", progress=None)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith(f"{BACKBONE}: epoch")]
+    assert [ln.split()[2] for ln in lines] == ["1/2", "2/2"] and "val ROC-AUC" in lines[0]
