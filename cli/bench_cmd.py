@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import Progress, console, friendly, out
+from cli.common import Progress, SkipBadLater, console, friendly, out, print_notes
 
 
 @friendly
@@ -48,13 +48,15 @@ def bench(
                                             "explanation-fidelity columns (deletion/insertion AUC, INT8 heatmap "
                                             "agreement, sanity check); 0 turns them off.")] = 8,
     fidelity_steps: Annotated[int, typer.Option("--fidelity-steps", help="Deletion/insertion steps.")] = 16,
+    skip_bad: SkipBadLater = False,
     progress: Progress = True,
 ) -> None:
     """Benchmark every artifact in the manifest, plus PyTorch eager FP32 of each backbone.
 
     Accuracy on the test side of each run's saved split at its validation threshold (95% bootstrap
     CIs), agreement with FP32; latency percentiles and throughput per batch size; parameters, GFLOPs,
-    bytes and peak memory. A failing artifact is a failed row with its error; the loop goes on.
+    bytes and peak memory. A failing artifact is a failed row with its error; the loop goes on. Exit status 1
+    when a backbone's run or test images could not be read (all its rows failed, for the reason printed).
     """
     from bench import fidelity_hook, report
     from bench.latency import LatencyConfig, parse_batches
@@ -70,7 +72,7 @@ def bench(
                                                max_iters=max(1000, min_iters), budget_s=budget_s, rounds=rounds,
                                                block_s=block_s),
                          backbones=tuple(b.strip() for b in backbones.split(",") if b.strip()) if backbones else (),
-                         runs_dir=str(runs) if runs else None, interleave=interleave)
+                         runs_dir=str(runs) if runs else None, interleave=interleave, skip_bad=skip_bad)
     out_dir = out_dir or Path("results") / device
     check_out(out_dir, force)
     hook = fidelity_hook.explanation_fidelity
@@ -91,6 +93,23 @@ def bench(
     counts = {s: sum(r["status"] == s for r in doc["rows"]) for s in ("ok", "skipped", "failed")}
     console.print(f"{counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed rows in "
                   f"{doc['seconds']:.0f} s")
+    print_notes([_left_out(name, info) for name, info in doc["backbones"].items()])
+    unprepared = {name: info["error"] for name, info in doc["backbones"].items() if info.get("error")}
+    for name, error in unprepared.items():
+        console.print(f"[bold red]error:[/bold red] {name}: {error}", highlight=False, soft_wrap=True)
+    if unprepared:  # every row of such a backbone failed for one reason, printed above
+        raise typer.Exit(1)
+
+
+def _left_out(name: str, info: dict) -> str | None:
+    """One line on the test images a backbone's rows were scored without, or None."""
+    left = info.get("test_images_left_out")
+    if not left:
+        return None
+    found = len(left["found_unreadable"])
+    return (f"{name}: {left['recorded'] + found} test image(s) left out ({left['recorded']} recorded as unreadable "
+            f"in its run, {found} found unreadable now and skipped with --skip-bad); accuracy is on the "
+            f"{info.get('n_test')} others")
 
 
 def _print(doc) -> None:

@@ -61,8 +61,19 @@ SplitMethod = Annotated[str, typer.Option("--split", help="'patient': patient-wi
                                           "keep the data set's own train/val/test folders.")]
 SplitSeed = Annotated[int, typer.Option("--split-seed", help="Seed of the patient-wise split.")]
 Ratios = Annotated[str, typer.Option("--ratios", help="train,val,test shares of images.")]
-SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images with a warning (counted in the "
-                                       "run record) instead of stopping.")]
+SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images (corrupt, empty, not an image) "
+                                       "instead of stopping: every image is checked once and the bad ones are left "
+                                       "out and recorded (the split's 'skipped', the run's data.skipped), so that "
+                                       "later stages leave them out by themselves.")]
+SkipBadLater = Annotated[bool, typer.Option("--skip-bad", help="Skip images found unreadable now instead of "
+                                            "stopping (the count is printed). Images the run recorded as unreadable "
+                                            "(trained with --skip-bad) are always left out.")]
+
+
+def print_notes(lines: list[str | None]) -> None:
+    """Warnings such as images left out, each once, in yellow."""
+    for line in dict.fromkeys(x for x in lines if x):
+        console.print(f"[yellow]note:[/yellow] {line}", highlight=False, soft_wrap=True)
 SynthN = Annotated[int, typer.Option("--synthetic-images", help="Images in the synthetic set (when --data synthetic).")]
 SynthSize = Annotated[int, typer.Option("--synthetic-size", help="Side in pixels the synthetic set is drawn at "
                                         "(when --data synthetic); --size then resizes it. 224 draws the lesions "

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.common import Progress, console, friendly, out
+from cli.common import Progress, SkipBadLater, console, friendly, out, print_notes
 
 _REASON_CHARS = 700
 
@@ -55,6 +55,7 @@ def export(
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Export this many runs at a time, each in a process pinned "
                                       "to its own share of the CPU cores (Linux; 2 on a 2-core machine saves about "
                                       "a third of the time: the exporters are mostly single-threaded Python).")] = 1,
+    skip_bad: SkipBadLater = False,
     progress: Progress = True,
 ) -> None:
     """Export trained runs and check every artifact against PyTorch on the run's validation images.
@@ -78,7 +79,8 @@ def export(
                                  "max_auc_drop": max_auc_drop,
                                  "ignored": tuple(p.strip() for p in keep_float if p.strip()) if keep_float else None}
     quant_configs(fmts, overrides)  # a bad option fails here, before any run is read
-    found = find_runs(runs)
+    found = find_runs(runs, skip_bad=skip_bad)
+    print_notes([r.left_out_note(("train", "val")) for r in found])
     try:
         records = export_runs(found, out_dir, fmts, precs, overrides, verify=not no_verify, progress=progress,
                               console=console, force=force, jobs=jobs)
@@ -86,6 +88,9 @@ def export(
         raise ValueError(str(err)) from err
     out.print(_table(records, out_dir))
     _notes(records)
+    print_notes([f"{r['backbone']}: {len(r['images_left_out']['val_found_unreadable'])} validation image(s) found "
+                 f"unreadable and skipped (--skip-bad); listed under images_left_out in the manifest"
+                 for r in records if (r.get("images_left_out") or {}).get("val_found_unreadable")])
     kept = sum(1 for r in records if r.get("reused"))
     if kept:
         out.print(f"{kept} artifact(s) kept from an earlier export (same run, settings, library versions and "

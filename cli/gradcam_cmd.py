@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from cli.common import Progress, console, friendly, out
+from cli.common import Progress, SkipBadLater, console, friendly, out, print_notes
 
 Method = Annotated[str, typer.Option("--method", help="gradcam, gradcam++, hirescam, layercam or xgradcam (pytorch-grad-cam; LayerCAM weighs each cell by its own gradient and suits earlier, finer layers).")]
 FidelityMethod = Annotated[str, typer.Option("--method", help="gradcam, gradcam++, hirescam, layercam or xgradcam; "
@@ -58,6 +58,27 @@ def _pick(run, side: str, n: int, seed: int = 0) -> list[str]:
     return pick
 
 
+def _decode(paths: list[str], skip_bad: bool) -> tuple[list[str], list[Any]]:
+    """The images (once; each run resizes them with its own preprocessing) and their paths; with ``skip_bad``
+    the unreadable ones are left out, with a note."""
+    from core.data import DataError, decode_image
+
+    kept, decoded, bad = [], [], []
+    for p in paths:
+        try:
+            decoded.append(decode_image(p))
+            kept.append(p)
+        except DataError as err:
+            if not skip_bad:
+                raise
+            bad.append(err.reason)
+    if bad:
+        print_notes([f"{len(bad)} image(s) found unreadable and skipped (--skip-bad): " + "; ".join(bad)])
+    if not kept:
+        raise ValueError(f"none of the {len(paths)} image(s) could be read; give readable images")
+    return kept, decoded
+
+
 def _names(paths: list[str]) -> list[str]:
     """Unique file-name stems for the output files."""
     seen: dict[str, int] = {}
@@ -86,6 +107,7 @@ def gradcam(
     choices: Annotated[Path | None, typer.Option("--choices", help="fidelity.json of `cxr-edge fidelity --method "
                                                  "auto` (or --layer auto): each backbone's chosen method and layer "
                                                  "replace --method/--layer for it.")] = None,
+    skip_bad: SkipBadLater = False,
     progress: Progress = True,
 ) -> None:
     """Grad-CAM heatmaps of IMAGES for every run, prepared exactly as in training; raw .npy, overlay PNGs
@@ -94,13 +116,12 @@ def gradcam(
     from rich.progress import track
 
     from core import io
-    from core.data import decode_image
     from core.gradcam import METHODS, explain, contact_sheet, parse_layers, save_heatmaps
     from core.runs import find_runs
 
     if method not in METHODS:
         raise ValueError(f"--method {method!r} is not known; choose one of {', '.join(METHODS)}")
-    found = find_runs([runs])
+    found = find_runs([runs], skip_bad=skip_bad)
     layers = parse_layers(layer, [r.record["backbone"] for r in found])
     if "auto" in layers.values():
         raise ValueError("--layer auto chooses a layer by the pointing game on validation lesion masks: run "
@@ -110,12 +131,13 @@ def gradcam(
     if choices is not None:
         methods, chosen = _read_choices(choices)
         layers.update(chosen)
-    paths = [str(p) for p in images] if images else _pick(found[0], side, n)
+    if not images:
+        print_notes([found[0].left_out_note((side,))])
+    paths, decoded = _decode([str(p) for p in images] if images else _pick(found[0], side, n), skip_bad)
     names = _names(paths)
     labels = {}
     for s in found[0].split().entries:
         labels[s.path] = "PNEUMONIA" if s.label == 1 else "NORMAL"
-    decoded = [decode_image(p) for p in paths]  # once; each run resizes with its own preprocessing
     columns: dict[str, np.ndarray] = {}
     record: dict[str, Any] = {"method": method, "device": device, "images": paths, "runs": [],
                               "explained_class": "PNEUMONIA (the model's one logit)", "environment": io.environment()}
@@ -160,6 +182,7 @@ def fidelity(
     layer: AutoLayer = None,
     select_split: Annotated[str, typer.Option("--select-split", help="Side whose PNEUMONIA images choose the layer "
                                               "under --layer auto (never test).")] = "val",
+    skip_bad: SkipBadLater = False,
     progress: Progress = True,
 ) -> None:
     """Explanation fidelity. Runs: pointing game, energy in mask, deletion/insertion AUC, ROAD, the
@@ -182,7 +205,8 @@ def fidelity(
         (export_dirs if (p / "manifest.json").is_file() else run_paths).append(p)
     from core.gradcam import METHODS, parse_layers
 
-    found = find_runs(run_paths) if run_paths else []
+    found = find_runs(run_paths, skip_bad=skip_bad) if run_paths else []
+    print_notes([r.left_out_note(tuple(dict.fromkeys((side, select_split)))) for r in found])
     layers = parse_layers(layer, [r.record["backbone"] for r in found])
     if layers and export_dirs:
         raise ValueError("--layer applies to runs only: artifacts are judged by the pixel ranking of their run's "
@@ -244,7 +268,7 @@ def fidelity(
             try:
                 src = rec["source_run"]
                 if src not in by_run:
-                    run = load_run(src) if is_complete(src) else None
+                    run = load_run(src, skip_bad) if is_complete(src) else None
                     if run is None:
                         raise ValueError(f"source run {src} of {rec['path']} is missing")
                     fs = fidelity_images(run, side=side, n=n)

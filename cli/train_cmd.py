@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli.common import Data, Progress, Ratios, SkipBad, SplitMethod, SplitSeed, SynthN, SynthSize, console, \
-    friendly, out, parse_ratios
+from cli.common import Data, Progress, Ratios, SkipBad, SkipBadLater, SplitMethod, SplitSeed, SynthN, SynthSize, \
+    console, friendly, out, parse_ratios, print_notes
 from core.synthetic import SyntheticSpec
 
 Out = Annotated[Path, typer.Option("--out", "-o", help="Folder of run folders; each backbone writes <out>/<backbone>/.")]
@@ -70,7 +70,8 @@ def _run(names, data, out_dir, size, epochs, batch_size, lr, weight_decay, gamma
                       f"{r['train_seconds']:.0f}")
         bad = r.get("data", {}).get("skipped_files", 0)
         if bad:
-            console.print(f"[yellow]{o.backbone}: {bad} unreadable file(s) skipped (listed in {o.run_dir}/run.json)")
+            console.print(f"[yellow]{o.backbone}: {bad} unreadable file(s) skipped (listed in {o.run_dir}/run.json; later "
+                          "stages leave them out)", highlight=False)
     out.print(table)
 
 
@@ -126,6 +127,7 @@ def evaluate(
                                                   "<first run's parent>/evaluate-<side>.json).")] = None,
     n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap replicates for the 95% CIs.")] = 1000,
     device: Device = "auto",
+    skip_bad: SkipBadLater = False,
     progress: Progress = True,
 ) -> None:
     """Metrics with bootstrap 95% CIs at each run's validation threshold; with several runs, their
@@ -134,8 +136,14 @@ def evaluate(
     from core.evaluate import evaluate_runs
     from core.runs import find_runs
 
-    found = find_runs(runs)
+    found = find_runs(runs, skip_bad=skip_bad)
     report = evaluate_runs(found, side, n_boot=n_boot, device=device, progress=progress)
+    left = report.get("images_left_out")
+    if left:
+        recorded = sum(left["recorded"].values())
+        print_notes([f"{recorded + len(left['found_unreadable'])} image(s) left out: {recorded} recorded as unreadable "
+                     f"by the run(s), {len(left['found_unreadable'])} found unreadable now and skipped (--skip-bad); "
+                     f"listed in the report"])
     out_file = out_file or found[0].path.parent / f"evaluate-{side}.json"
     io.write_json(out_file, report)
     table = Table(title=f"{side} side of split {report['split_hash']} ({report['n_images']} images); "

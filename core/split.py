@@ -48,6 +48,10 @@ class Split:
     source: str  # the data source's path
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) from the DataSource
     created: str = field(default_factory=_now)  # ISO time; not part of the hash
+    # A run's view of its split (core.runs.Run.split), neither saved nor hashed: files the run recorded as
+    # unreadable (path -> reason), left out by samples(); and whether files found unreadable now are skipped.
+    excluded: dict[str, str] = field(default_factory=dict, repr=False)
+    skip_bad: bool = False
 
     @property
     def hash(self) -> str:
@@ -61,8 +65,13 @@ class Split:
         return [e for e in self.entries if e.side == name]
 
     def samples(self, name: str) -> list[Sample]:
-        """The entries of side ``name`` as :class:`Sample` (for :func:`core.data.load_images`)."""
-        return [Sample(e.path, e.label, e.patient, e.side) for e in self.side(name)]
+        """The entries of side ``name`` as :class:`Sample` (for :func:`core.data.load_images`), without the
+        files in ``excluded``."""
+        return [Sample(e.path, e.label, e.patient, e.side) for e in self.side(name) if e.path not in self.excluded]
+
+    def left_out(self, name: str) -> int:
+        """How many entries of side ``name`` :meth:`samples` leaves out (recorded as unreadable)."""
+        return sum(e.path in self.excluded for e in self.side(name))
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Per side: images, patients and images per label name."""
@@ -259,3 +268,15 @@ def audit(split: Split) -> list[str]:
             if len(present) == 1:
                 problems.append(f"side {name} has {present[0]} images only")
     return problems
+
+
+def image_wise_warning(split: Split) -> str | None:
+    """A plain warning when a patient-wise split is in fact image-wise (every image its own patient: no file
+    name gave a patient id and no CSV said one), or None. Images of one patient may then sit on two sides."""
+    patients = {e.patient for e in split.entries}
+    if split.method != "patient" or len(split.entries) < 2 or len(patients) < len(split.entries):
+        return None
+    return (f"every one of the {len(split.entries)} images is its own patient: no file name gave a patient id "
+            f"(as Kermany's person1000_bacteria_2931.jpeg does) and no CSV column said one, so this split is "
+            f"image-wise and images of one patient may sit on two sides. To split by patient, give --data a CSV "
+            f"with columns path,label,patient_id")
