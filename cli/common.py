@@ -74,8 +74,9 @@ def print_notes(lines: list[str | None]) -> None:
     """Warnings such as images left out, each once, in yellow."""
     for line in dict.fromkeys(x for x in lines if x):
         console.print(f"[yellow]note:[/yellow] {line}", highlight=False, soft_wrap=True)
-SynthN = Annotated[int, typer.Option("--synthetic-images", help="Images in the synthetic set (when --data synthetic).")]
-SynthSize = Annotated[int, typer.Option("--synthetic-size", help="Side in pixels the synthetic set is drawn at "
+SynthN = Annotated[int, typer.Option("--synthetic-images", min=1,
+                                     help="Images in the synthetic set (when --data synthetic).")]
+SynthSize = Annotated[int, typer.Option("--synthetic-size", min=16, help="Side in pixels the synthetic set is drawn at "
                                         "(when --data synthetic); --size then resizes it. 224 draws the lesions "
                                         "at 224 px rather than upsampling the 128 px set.")]
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]

@@ -19,9 +19,9 @@ app = typer.Typer(help="Data sets: generate the synthetic set, make and audit pa
 @app.command("synth")
 @friendly
 def synth(
-    n_images: Annotated[int, typer.Option("--n-images", help="Number of images.")] = SyntheticSpec.n_images,
-    size: Annotated[int, typer.Option("--size", help="Side of the square images in pixels.")] = 128,
-    seed: Annotated[int, typer.Option("--seed", help="Generator seed; the same seed gives the same bytes.")] = 0,
+    n_images: Annotated[int, typer.Option("--n-images", min=1, help="Number of images.")] = SyntheticSpec.n_images,
+    size: Annotated[int, typer.Option("--size", min=16, help="Side of the square images in pixels.")] = 128,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Generator seed; the same seed gives the same bytes.")] = 0,
     cache: Annotated[Path | None, typer.Option("--cache", help="Cache folder (default $CXR_EDGE_CACHE or "
                                                 "~/.cache/cxr-edge).")] = None,
     progress: Progress = True,

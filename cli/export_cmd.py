@@ -32,12 +32,13 @@ def export(
                                                     "MEAN_QUANTILE and entropy to HISTOGRAM). ExecuTorch/LiteRT "
                                                     "(PT2E): minmax or entropy (histogram).")]
     = None,
-    n_calibration: Annotated[int, typer.Option("--n-calibration", help="Calibration images, drawn (seeded) from the "
+    n_calibration: Annotated[int, typer.Option("--n-calibration", min=1,
+                                               help="Calibration images, drawn (seeded) from the "
                                                "training side of the run's split only.")] = 300,
     accuracy_aware: Annotated[bool, typer.Option("--accuracy-aware", help="OpenVINO INT8 only: NNCF quantization "
                                                  "with accuracy control on the validation side.")] = False,
     max_auc_drop: Annotated[float, typer.Option("--max-auc-drop", help="Budget of --accuracy-aware: largest "
-                                                "validation ROC-AUC drop allowed.")] = 0.005,
+                                                "validation ROC-AUC drop allowed, in (0, 1).")] = 0.005,
     keep_float: Annotated[list[str] | None, typer.Option("--keep-float", help="INT8: keep these layers in float "
                                                          "(repeatable): a glob over graph node names "
                                                          "('node_Conv_1*') or an op type ('type:Mul'; ONNX and "
@@ -52,7 +53,8 @@ def export(
     force: Annotated[bool, typer.Option("--force", help="Build every artifact again, even one already in --out that "
                                         "is what this request would build (same run, settings, library versions "
                                         "and checksum; such artifacts are kept by default).")] = False,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Export this many runs at a time, each in a process pinned "
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1,
+                                      help="Export this many runs at a time, each in a process pinned "
                                       "to its own share of the CPU cores (Linux; 2 on a 2-core machine saves about "
                                       "a third of the time: the exporters are mostly single-threaded Python).")] = 1,
     skip_bad: SkipBadLater = False,

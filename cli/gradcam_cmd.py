@@ -10,15 +10,19 @@ from rich.table import Table
 
 from cli.common import Progress, SkipBadLater, console, friendly, out, print_notes
 
-Method = Annotated[str, typer.Option("--method", help="gradcam, gradcam++, hirescam, layercam or xgradcam (pytorch-grad-cam; LayerCAM weighs each cell by its own gradient and suits earlier, finer layers).")]
+Method = Annotated[str, typer.Option("--method",
+                                     help="gradcam, gradcam++, hirescam, layercam or xgradcam (pytorch-grad-cam; "
+                                           "LayerCAM weighs each cell by its own gradient and suits earlier, "
+                                           "finer layers).")]
 FidelityMethod = Annotated[str, typer.Option("--method", help="gradcam, gradcam++, hirescam, layercam or xgradcam; "
                                              "auto: choose method and layer per run on --select-split images "
                                              "(hirescam, xgradcam, gradcam at each stage output of stride >= 8).")]
 Side = Annotated[str, typer.Option("--split", help="Side of the run's saved split to take images from when no "
                                    "IMAGES are given (train, val or test).")]
-N = Annotated[int, typer.Option("--n", help="Images taken from --split when no IMAGES are given (half PNEUMONIA).")]
+N = Annotated[int, typer.Option("--n", min=1,
+                                help="Images taken from --split when no IMAGES are given (half PNEUMONIA).")]
 Device = Annotated[str, typer.Option("--device", help="cpu or cuda[:N] for the PyTorch model.")]
-Batch = Annotated[int, typer.Option("--batch-size", help="Images per Grad-CAM batch.")]
+Batch = Annotated[int, typer.Option("--batch-size", min=1, help="Images per Grad-CAM batch.")]
 _LAYER_HELP = ("BACKBONE=LAYER (repeatable): Grad-CAM at this dotted module path instead of the registry's last "
                "stage, e.g. resnet18=layer3 (a finer grid: at 64 px the last stage of a stride-32 CNN is 2x2 cells)")
 Layer = Annotated[list[str] | None, typer.Option("--layer", help=_LAYER_HELP + ".")]
@@ -173,11 +177,12 @@ def fidelity(
     out_file: Annotated[Path, typer.Option("--out", "-o", help="JSON file of all results.")] = Path("fidelity.json"),
     method: FidelityMethod = "gradcam",
     side: Side = "test",
-    n: Annotated[int, typer.Option("--n", help="PNEUMONIA images of --split to measure on.")] = 32,
-    steps: Annotated[int, typer.Option("--steps", help="Deletion/insertion steps.")] = 32,
+    n: Annotated[int, typer.Option("--n", min=1, help="PNEUMONIA images of --split to measure on.")] = 32,
+    steps: Annotated[int, typer.Option("--steps", min=2, help="Deletion/insertion steps.")] = 32,
     boxes: Annotated[Path | None, typer.Option("--boxes", help="CSV image,x,y,width,height (RSNA style) of lesion "
                                                "boxes, for data without masks.")] = None,
-    road: Annotated[bool, typer.Option("--road/--no-road", help="Compute ROAD (slow: a sparse solve per image).")] = True,
+    road: Annotated[bool, typer.Option("--road/--no-road",
+                                       help="Compute ROAD (slow: a sparse solve per image).")] = True,
     device: Device = "cpu",
     layer: AutoLayer = None,
     select_split: Annotated[str, typer.Option("--select-split", help="Side whose PNEUMONIA images choose the layer "

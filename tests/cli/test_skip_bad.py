@@ -84,7 +84,8 @@ def test_a_bad_test_image_met_later_is_named_and_skip_bad_gets_past_it(data, pla
     assert [p for p, _ in report["images_left_out"]["found_unreadable"]] == [str(bad)]
     r = invoke("gradcam", runs, "--split", "test", "--n", "40", "--out", tmp_path / "cams", "--no-progress")
     assert r.exit_code == 2 and BAD_NAME in r.output and "--skip-bad" in r.output
-    r = invoke("gradcam", runs, "--split", "test", "--n", "40", "--out", tmp_path / "cams", "--skip-bad", "--no-progress")
+    r = invoke("gradcam", runs, "--split", "test", "--n", "40", "--out", tmp_path / "cams", "--skip-bad",
+               "--no-progress")
     assert r.exit_code == 0, r.output
     assert "1 image(s) found unreadable and skipped" in flat(r.output)
 
