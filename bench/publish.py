@@ -59,6 +59,18 @@ def _load(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path} is not valid JSON ({err}); rerun the stage that writes it") from None
 
 
+def _results(results_dir: Path) -> dict[str, Any]:
+    """The benchmark's results.json in ``results_dir``, checked to be one."""
+    from bench.results_file import RESULTS_FORMAT
+
+    if results_dir.is_file():
+        raise ValueError(f"{results_dir} is a file; give the folder `cxr-edge bench` wrote (it holds results.json)")
+    path = results_dir / "results.json"
+    _load(path)  # a missing file or broken JSON: say which stage writes it
+    return io.read_format_json(path, RESULTS_FORMAT, f"write it again with `cxr-edge bench ARTIFACTS --out "
+                                                     f"{results_dir} --force`")
+
+
 def _runs(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     out = {}
     for name, info in doc.get("backbones", {}).items():
@@ -228,7 +240,7 @@ def write_results_doc(results_dir: str | Path, out: str | Path, *, recipe: str, 
                       caption: str = "", reproduction: str | Path | None = None) -> Path:
     """Write ``out`` (Markdown) and copy the result files to ``<out's folder>/results/<results_dir name>/``."""
     results_dir, out = Path(results_dir), Path(out)
-    doc = _load(results_dir / "results.json")
+    doc = _results(results_dir)
     assets = out.parent / "results" / results_dir.name
     assets.mkdir(parents=True, exist_ok=True)
     for name in ("results.json", "table.csv", "table.md", "pareto.png"):

@@ -31,7 +31,8 @@ def read_results(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{folder / RESULTS} does not exist: no benchmark was written there; make one with "
                                 f"`cxr-edge bench ARTIFACTS --out {folder}` (ARTIFACTS: the folder `cxr-edge export` "
                                 f"wrote), or give the folder of an earlier benchmark")
-    return io.read_format_json(path, RESULTS_FORMAT, "run the benchmark again with --force")
+    return io.read_format_json(path, RESULTS_FORMAT, f"write it again with `cxr-edge bench ARTIFACTS --out {folder} "
+                                                     "--force`")
 
 
 def write_results(out_dir: str | Path, doc: dict[str, Any]) -> Path:
