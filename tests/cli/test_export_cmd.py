@@ -82,7 +82,7 @@ def test_a_failed_artifact_exits_1_and_says_so(tmp_path, monkeypatch):
                  "parity": {"n": 10, "max_abs_prob": 0.3, "agreement": 0.5, "auc_change": -0.2}}]
 
     monkeypatch.setattr(export.pipeline, "export_runs", one_failure)
-    monkeypatch.setattr("core.runs.find_runs", lambda paths: [])
+    monkeypatch.setattr("core.runs.find_runs", lambda paths, skip_bad=False: [])
     r = invoke("export", tmp_path / "runs", "--out", tmp_path, "--formats", "onnx", "--no-progress")
     assert r.exit_code == 1, r.output
     text = " ".join(r.output.split())
