@@ -196,7 +196,7 @@ def fidelity_images(run, *, side: str = "test", n: int = 32, positives_only: boo
     rng = np.random.default_rng(seed)
     pick = sorted(rng.choice(len(samples), size=min(n, len(samples)), replace=False).tolist())
     samples = [samples[i] for i in pick]
-    images, kept, _ = load_images(samples, pre, progress=False)
+    images, kept, _ = load_images(samples, pre, skip_bad=split.skip_bad, progress=False)  # recorded bad: not drawn
     paths = [s.path for s in kept]
     masks, source = None, None
     if boxes is not None:

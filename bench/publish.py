@@ -3,8 +3,10 @@
 :func:`write_results_doc` reads the benchmark's ``results.json`` (rows, environment, method), the
 export manifest it names (INT8 validation ROC-AUC change per artifact), the run folders (training
 settings, validation ROC-AUC, times) and, when given, the Grad-CAM contact sheet and the fidelity
-JSON; it copies the result files beside the Markdown (``<out>/../results/<name>/``) so the document
-and its figures travel together, and writes the document atomically.
+JSON; it copies the result files beside the Markdown, into a folder named after it (``docs/RESULTS.md`` ->
+``docs/RESULTS/``), so the document and its figures travel together, and writes the document atomically.
+Every statement about how the numbers were made (initialisation, data set and its images per side, the
+devices and their names, seeds, threads, epochs, sizes) is read from the records too.
 
 The only figures not computed here are the paper's, quoted in :data:`PAPER` with their source, so
 that ours can stand beside them.
@@ -59,6 +61,18 @@ def _load(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path} is not valid JSON ({err}); rerun the stage that writes it") from None
 
 
+def _results(results_dir: Path) -> dict[str, Any]:
+    """The benchmark's results.json in ``results_dir``, checked to be one."""
+    from bench.results_file import RESULTS_FORMAT
+
+    if results_dir.is_file():
+        raise ValueError(f"{results_dir} is a file; give the folder `cxr-edge bench` wrote (it holds results.json)")
+    path = results_dir / "results.json"
+    _load(path)  # a missing file or broken JSON: say which stage writes it
+    return io.read_format_json(path, RESULTS_FORMAT, f"write it again with `cxr-edge bench ARTIFACTS --out "
+                                                     f"{results_dir} --force`")
+
+
 def _runs(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     out = {}
     for name, info in doc.get("backbones", {}).items():
@@ -71,6 +85,104 @@ def _runs(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def _manifest(doc: dict[str, Any]) -> list[dict[str, Any]]:
     path = Path(doc.get("artifacts", "")) / "manifest.json"
     return json.loads(path.read_text()).get("artifacts", []) if path.is_file() else []
+
+
+# ------------------------------------------------------------------------- statements from the records
+
+
+def _joined(values: list[Any]) -> str:
+    """``a``, ``a and b`` or ``a, b and c`` of the distinct values, in order."""
+    items = [str(v) for v in dict.fromkeys(values)]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1] if items else "n/a"
+
+
+def _device(doc: dict[str, Any]) -> str:
+    """The benchmark's device, ``cpu`` or ``cuda``, from its settings (else its rows)."""
+    device = doc.get("environment", {}).get("settings", {}).get("device") or next(
+        (r.get("device") for r in doc.get("rows", []) if r.get("device")), "cpu")
+    return "cuda" if str(device).startswith("cuda") else "cpu"
+
+
+def bench_device(doc: dict[str, Any]) -> str:
+    """Where the benchmark ran, named from results.json: ``the GPU NVIDIA H100`` or ``the CPU AMD EPYC (2
+    logical cores, 1 thread)``."""
+    env = doc.get("environment", {})
+    settings = env.get("settings", {})
+    if _device(doc) == "cuda":
+        return f"the GPU {(env.get('gpu') or {}).get('name', 'n/a')}"
+    cpu = env.get("cpu", {})
+    threads = settings.get("threads_used")
+    return (f"the CPU {cpu.get('model', 'n/a')} ({cpu.get('logical_cores', 'n/a')} logical cores"
+            + (f", {threads} thread{'s' if threads != 1 else ''}" if threads else "") + ")")
+
+
+def train_device(runs: dict[str, dict[str, Any]]) -> str:
+    """Where the runs were trained, from their records: ``a GPU (NVIDIA H100)`` or ``the CPU (AMD EPYC, 2
+    cores, 1 torch thread)``."""
+    recs = list(runs.values())
+    if not recs:
+        return "n/a"
+    if any(str(r.get("device", "")).startswith("cuda") for r in recs):
+        on_gpu = [str(r.get("device", "")).startswith("cuda") for r in recs]
+        names = [r.get("environment", {}).get("cuda") or "n/a" for r, gpu in zip(recs, on_gpu) if gpu]
+        cpu_too = not all(on_gpu)
+        return f"a GPU ({_joined(names)})" + (" and the CPU" if cpu_too else "")
+    envs = [r.get("environment", {}) for r in recs]
+    threads = _joined([e.get("torch_threads") for e in envs])
+    return (f"the CPU ({_joined([e.get('cpu') for e in envs])}, {_joined([e.get('cpu_count') for e in envs])} cores, "
+            f"{threads} torch thread{'s' if threads != '1' else ''})")
+
+
+def init_words(runs: dict[str, dict[str, Any]]) -> tuple[str, bool]:
+    """How the runs started, in words, and whether every one started from ImageNet weights."""
+    cfgs = [r.get("config", {}) for r in runs.values()]
+    pretrained = [bool(c.get("pretrained") or c.get("weights")) for c in cfgs]
+    if pretrained and all(pretrained):
+        return "every backbone starts from ImageNet weights, as in the paper", True
+    if not any(pretrained):
+        return "no ImageNet weights here (every backbone is trained from scratch)", False
+    started = [n for n, flag in zip(runs, pretrained) if flag]
+    return f"ImageNet weights for {_joined(started)} only; the others are trained from scratch", False
+
+
+def data_words(runs: dict[str, dict[str, Any]]) -> str:
+    """The data set and its images per side, from the runs' records."""
+    first = next(iter(runs.values()), {})
+    source = (first.get("data") or {}).get("source") or first.get("split", {}).get("source") or ""
+    path = Path(source)
+    name = path.parent.name if path.suffix else path.name
+    counts = first.get("split", {}).get("counts", {})
+    total = sum(c.get("images", 0) for c in counts.values())
+    method = first.get("split", {}).get("method")
+    how = "a patient-wise split" if method == "patient" else "the data set's own train/val/test folders"
+    sides = ", ".join(f"{side} {c.get('images')}" for side, c in counts.items())
+    return f"{how} of {name or 'n/a'} ({total:,} images: {sides})"
+
+
+def differences_text(doc: dict[str, Any], runs: dict[str, dict[str, Any]]) -> str:
+    """What differs from the paper's setting, every part read from the records."""
+    init, pretrained = init_words(runs)
+    cfgs = [r.get("config", {}) for r in runs.values()]
+    sizes = [c.get("size") for c in cfgs]
+    epochs = [r.get("epochs_run") for r in runs.values()]
+    size_text = ("224 px images, as in the paper" if set(sizes) == {224}
+                 else f"{_joined(sizes)} px images against the paper's 224")
+    text = (f"What differs: {init}; {size_text}; {_joined(epochs)} epoch(s) against the paper's up to 10 (see the "
+            f"training table); {data_words(runs)} against the paper's split of all 5,856 images; trained on "
+            f"{train_device(runs)}.")
+    if not pretrained:
+        text += (" The gap to the paper may be mostly the missing pretraining, a guess this run does not test; "
+                 "train with ImageNet weights (below) to compare like with like.")
+    return text
+
+
+def reproduce_line(recipe: str, doc: dict[str, Any], runs: dict[str, dict[str, Any]]) -> str:
+    cfgs = [r.get("config", {}) for r in runs.values()]
+    minutes = sum(r.get("wall_seconds") or 0 for r in runs.values()) / 60
+    return (f"- This page: `{recipe}` (training took {minutes:.0f} min in all on {train_device(runs)}; benchmarked "
+            f"on {bench_device(doc)}; resumable: finished runs and artifacts are kept). Training is seeded (seed "
+            f"{_joined([c.get('seed') for c in cfgs])}), so the accuracy figures should repeat on the same machine "
+            "and thread count. ")
 
 
 def training_section(doc: dict[str, Any], runs: dict[str, dict[str, Any]]) -> list[str]:
@@ -226,10 +338,11 @@ def fidelity_section(fid: dict[str, Any]) -> list[str]:
 def write_results_doc(results_dir: str | Path, out: str | Path, *, recipe: str, contact_sheet: str | Path | None = None,
                       fidelity: str | Path | None = None, title: str = "Results on the Kermany chest X-rays",
                       caption: str = "", reproduction: str | Path | None = None) -> Path:
-    """Write ``out`` (Markdown) and copy the result files to ``<out's folder>/results/<results_dir name>/``."""
+    """Write ``out`` (Markdown) and copy the result files beside it, into a folder named after it
+    (``docs/RESULTS.md`` -> ``docs/RESULTS/``), so that two pages never share or overwrite their files."""
     results_dir, out = Path(results_dir), Path(out)
-    doc = _load(results_dir / "results.json")
-    assets = out.parent / "results" / results_dir.name
+    doc = _results(results_dir)
+    assets = out.parent / out.stem  # beside the page, named after it: docs/RESULTS.md -> docs/RESULTS/
     assets.mkdir(parents=True, exist_ok=True)
     for name in ("results.json", "table.csv", "table.md", "pareto.png"):
         if (results_dir / name).is_file():
@@ -254,6 +367,9 @@ def write_results_doc(results_dir: str | Path, out: str | Path, *, recipe: str, 
         rep_md = ["- " + reproduction_text(rep) + f" Per row: [`{rel}/reproduction.json`]({rel}/reproduction.json)."]
     runs = _runs(doc)
     env = doc.get("environment", {})
+    where = bench_device(doc)
+    device = _device(doc)
+    all_gpu_pretrained = bool(runs) and init_words(runs)[1] and train_device(runs).startswith("a GPU")
     split_hashes = sorted({info.get("split_hash") for info in doc.get("backbones", {}).values() if info.get("split_hash")})
     first = next(iter(runs.values()), {})
     counts = first.get("split", {}).get("counts", {})
@@ -262,7 +378,8 @@ def write_results_doc(results_dir: str | Path, out: str | Path, *, recipe: str, 
              f"[`{rel}/`]({rel}/)); nothing is typed in except the paper's figures, quoted with their source.", "",
              f"**How these numbers were obtained.** {caption}".rstrip(), "",
              f"- Recipe: `{recipe}`",
-             f"- Data: `{first.get('data', {}).get('source', 'n/a')}`; patient-wise split "
+             f"- Data: `{first.get('data', {}).get('source', 'n/a')}`; "
+             f"{'patient-wise' if first.get('split', {}).get('method') == 'patient' else 'official'} split "
              f"{', '.join(split_hashes) or 'n/a'} (seed {first.get('split', {}).get('seed')}): "
              + ", ".join(f"{s} {c.get('images')} images / {c.get('patients')} patients" for s, c in counts.items()),
              "- Thresholds chosen on the validation side (Youden's J); every test figure is on the test side.",
@@ -272,23 +389,17 @@ def write_results_doc(results_dir: str | Path, out: str | Path, *, recipe: str, 
              + ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items()), "",
              "## Training", ""] + training_section(doc, runs) + [
              "", "## Beside the paper", "", PAPER_SOURCE + ".", ""] + paper_section(doc) + [
-             "", "What differs: no ImageNet weights here (every backbone is trained from scratch, the development "
-             "machines cannot reach a model hub), smaller images and far fewer epochs (see the training table), "
-             "a different patient-wise split (of the 5,216 public training images only; the public test/val "
-             "folders are not in this data set), and CPU training. The gap to the paper is mostly the missing "
-             "pretraining, a guess this run does not test; run the GPU variant of the recipe (below) with ImageNet "
-             "weights to compare like with like.", "",
+             "", differences_text(doc, runs), "",
              "## Reproduce", "",
-             f"- This page: `{recipe}` (2 CPU cores, a few hours; resumable: finished runs and artifacts are kept). "
-             "Training is seeded (seed 42), so the accuracy figures should repeat. " + latency_repeatability(doc),
-             ] + rep_md + [
+             reproduce_line(recipe, doc, runs) + latency_repeatability(doc),
+             ] + rep_md + ([] if all_gpu_pretrained else [
              "- The GPU variant, as the paper ran it: `just kermany size=224 epochs=10 vit_epochs=10 device=cuda "
              "weights=imagenet doc=docs/RESULTS-gpu.md` (ImageNet weights from timm's hub, so that machine needs to "
-             "reach it; `cxr-edge train BACKBONE --weights FILE` takes a local file per backbone instead).", "",
-             "## What to ship", "", "Pareto-optimal on this CPU (no other artifact has a higher test ROC-AUC at a "
-             "lower p50 latency, batch 1):", ""] + pareto_section(doc) + [
-             "", "Best artifact inside a latency budget (p50 at batch 1 on this CPU; `cxr-edge recommend`):", ""
-             ] + budget_section(doc) + [
+             "reach it; `cxr-edge train BACKBONE --weights FILE` takes a local file per backbone instead)."]) + [
+             "", "## What to ship", "", f"Pareto-optimal on {where} (no other artifact has a higher test ROC-AUC at "
+             "a lower p50 latency, batch 1):", ""] + pareto_section(doc) + [
+             "", f"Best artifact inside a latency budget (p50 at batch 1 on {where}; `cxr-edge recommend`):", ""
+             ] + budget_section(doc, device=device) + [
              "", "![Pareto plot: test ROC-AUC against p50 latency and against bytes](" + f"{rel}/pareto.png)", "",
              "## Quantization: validation ROC-AUC change against FP32", "",
              "From the export manifest (validation side, at export time; the budget for the CNNs' INT8 is 0.005).", ""

@@ -24,11 +24,15 @@ def check_out(out_dir: str | Path, force: bool) -> None:
 def read_results(path: str | Path) -> dict[str, Any]:
     """results.json of a results folder (or the file itself), checked."""
     path = Path(path)
+    folder = path.parent if path.suffix == ".json" else path
     if path.is_dir():
         path = path / RESULTS
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; run `cxr-edge bench ARTIFACTS --out {path.parent}` first")
-    return io.read_format_json(path, RESULTS_FORMAT, "run the benchmark again with --force")
+        raise FileNotFoundError(f"{folder / RESULTS} does not exist: no benchmark was written there; make one with "
+                                f"`cxr-edge bench ARTIFACTS --out {folder}` (ARTIFACTS: the folder `cxr-edge export` "
+                                f"wrote), or give the folder of an earlier benchmark")
+    return io.read_format_json(path, RESULTS_FORMAT, f"write it again with `cxr-edge bench ARTIFACTS --out {folder} "
+                                                     "--force`")
 
 
 def write_results(out_dir: str | Path, doc: dict[str, Any]) -> Path:

@@ -223,7 +223,7 @@ def _prepare(name: str, records: list[dict[str, Any]], config: BenchConfig, info
             raise ValueError(f"the artifacts of {name} come from {len(sources)} runs ({', '.join(sorted(sources))});"
                              " pass --runs RUNS_DIR to choose")
         run_path = Path(sources.pop())
-    run = load_run(run_path)
+    run = load_run(run_path, config.skip_bad)
     exported_from = {r.get("run_hash") for r in records if r.get("run_hash")}
     now = run_hash(run)
     if exported_from and exported_from != {now}:
@@ -231,7 +231,10 @@ def _prepare(name: str, records: list[dict[str, Any]], config: BenchConfig, info
                            f"export {', '.join(h[:12] for h in exported_from)}); the FP32 reference is the run as it "
                            "is now: export again")
     split, pre = run.split(), run.preprocess
-    test = load_sides(split, pre, sides=("test",), progress=False)[0]["test"]
+    sides, found = load_sides(split, pre, sides=("test",), progress=False)
+    test = sides["test"]
+    if split.left_out("test") or found:  # unreadable test images: recorded by the run, or found now (--skip-bad)
+        info["test_images_left_out"] = {"recorded": split.left_out("test"), "found_unreadable": [p for p, _ in found]}
     if len(test.labels) == 0 or len(np.unique(test.labels)) < 2:
         raise ValueError(f"the test side of {run_path / 'split.json'} has {len(test.labels)} images and "
                          f"{len(np.unique(test.labels))} class(es); ROC-AUC needs both classes")

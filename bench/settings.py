@@ -31,6 +31,7 @@ class BenchConfig:
     backbones: tuple[str, ...] = ()  # only these (empty: all in the manifest)
     runs_dir: str | None = None  # find runs as <runs_dir>/<backbone> instead of the manifest's source_run
     interleave: str = "all"  # timing turns across all artifacts ("all") or within each backbone ("backbone")
+    skip_bad: bool = False  # skip test images found unreadable now (those a run recorded are always left out)
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:

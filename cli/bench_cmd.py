@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import Progress, console, friendly, out
+from cli.common import Progress, SkipBadLater, console, friendly, out, print_notes
 
 
 @friendly
@@ -20,49 +20,53 @@ def bench(
                                         "(channels-last), onnxruntime CUDA and TensorRT providers, OpenVINO GPU and "
                                         "TensorRT engines, each skipped with its reason where absent.")] = "cpu",
     batches: Annotated[str, typer.Option("--batches", help="Comma-separated batch sizes to time.")] = "1,8,32",
-    warmup: Annotated[int, typer.Option("--warmup", help="Untimed calls per batch size before timing.")] = 3,
-    min_iters: Annotated[int, typer.Option("--min-iters", help="Fewest timed calls per batch size and round.")] = 10,
-    budget_s: Annotated[float, typer.Option("--budget-s", help="Seconds of timed calls per artifact, over all batch "
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed calls per batch size before timing.")] = 3,
+    min_iters: Annotated[int, typer.Option("--min-iters", min=2,
+                                           help="Fewest timed calls per batch size and round.")] = 10,
+    budget_s: Annotated[float, typer.Option("--budget-s",
+                                            help="Seconds (> 0) of timed calls per artifact, over all batch "
                                             "sizes and rounds (each gets an equal share, at least --min-iters "
                                             "calls).")] = 3.0,
-    rounds: Annotated[int, typer.Option("--rounds", help="Timing rounds, one after another; the table's ± band "
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Timing rounds, one after another; the table's ± band "
                                         "(95% for a repeat's p50) comes from their medians: 4 or more.")] = 4,
-    block_s: Annotated[float, typer.Option("--block-s", help="Rounds are cut into blocks of about this many seconds "
+    block_s: Annotated[float, typer.Option("--block-s",
+                                           help="Rounds are cut into blocks of about this many seconds (> 0) "
                                            "that take turns across the artifacts (and the speed probe), so the "
                                            "machine's drift hits all alike; more blocks, steadier rounds.")] = 0.025,
     interleave: Annotated[str, typer.Option("--interleave", help="all: load every artifact, then time all in "
                                             "turns, so rows of different backbones share the machine's minutes; "
                                             "backbone: time each backbone's artifacts before loading the next "
                                             "(less memory).")] = "all",
-    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for torch, onnxruntime (intra-op) "
+    threads: Annotated[int | None, typer.Option("--threads", min=1,
+                                                help="CPU threads for torch, onnxruntime (intra-op) "
                                                 "and OpenVINO. Default: torch's (all cores).")] = None,
     compile: Annotated[bool, typer.Option("--compile", help="Add torch.compile rows (needs a C++ compiler on CPU; "
                                           "a failure is a failed row).")] = False,
-    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap replicates of the 95% CIs.")] = 1000,
+    n_boot: Annotated[int, typer.Option("--n-boot", min=1, help="Bootstrap replicates of the 95% CIs.")] = 1000,
     backbones: Annotated[str | None, typer.Option("--backbones", help="Comma-separated backbones to bench (default: "
                                                   "all in the manifest).")] = None,
     runs: Annotated[Path | None, typer.Option("--runs", help="Folder of run folders to use instead of each "
                                               "artifact's recorded source_run (e.g. after moving them).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace results already in --out.")] = False,
-    fidelity_n: Annotated[int, typer.Option("--fidelity-n", help="PNEUMONIA test images per run for the "
+    fidelity_n: Annotated[int, typer.Option("--fidelity-n", min=0, help="PNEUMONIA test images per run for the "
                                             "explanation-fidelity columns (deletion/insertion AUC, INT8 heatmap "
                                             "agreement, sanity check); 0 turns them off.")] = 8,
-    fidelity_steps: Annotated[int, typer.Option("--fidelity-steps", help="Deletion/insertion steps.")] = 16,
+    fidelity_steps: Annotated[int, typer.Option("--fidelity-steps", min=2, help="Deletion/insertion steps.")] = 16,
+    skip_bad: SkipBadLater = False,
     progress: Progress = True,
 ) -> None:
     """Benchmark every artifact in the manifest, plus PyTorch eager FP32 of each backbone.
 
     Accuracy on the test side of each run's saved split at its validation threshold (95% bootstrap
     CIs), agreement with FP32; latency percentiles and throughput per batch size; parameters, GFLOPs,
-    bytes and peak memory. A failing artifact is a failed row with its error; the loop goes on.
+    bytes and peak memory. A failing artifact is a failed row with its error; the loop goes on. Exit status 1
+    when a backbone's run or test images could not be read (all its rows failed, for the reason printed).
     """
     from bench import fidelity_hook, report
     from bench.latency import LatencyConfig, parse_batches
     from bench.results_file import check_out, write_results
     from bench.runner import ROW_METRICS, BenchConfig, bench_artifacts
 
-    if fidelity_n < 0 or fidelity_steps < 1:
-        raise ValueError(f"--fidelity-n {fidelity_n} must be >= 0 and --fidelity-steps {fidelity_steps} >= 1")
     fidelity_hook.SETTINGS = fidelity_hook.FidelitySettings(n=fidelity_n, steps=fidelity_steps)
     fidelity_hook.reset()
     config = BenchConfig(device=device, threads=threads, compile=compile, n_boot=n_boot,
@@ -70,7 +74,7 @@ def bench(
                                                max_iters=max(1000, min_iters), budget_s=budget_s, rounds=rounds,
                                                block_s=block_s),
                          backbones=tuple(b.strip() for b in backbones.split(",") if b.strip()) if backbones else (),
-                         runs_dir=str(runs) if runs else None, interleave=interleave)
+                         runs_dir=str(runs) if runs else None, interleave=interleave, skip_bad=skip_bad)
     out_dir = out_dir or Path("results") / device
     check_out(out_dir, force)
     hook = fidelity_hook.explanation_fidelity
@@ -91,6 +95,23 @@ def bench(
     counts = {s: sum(r["status"] == s for r in doc["rows"]) for s in ("ok", "skipped", "failed")}
     console.print(f"{counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed rows in "
                   f"{doc['seconds']:.0f} s")
+    print_notes([_left_out(name, info) for name, info in doc["backbones"].items()])
+    unprepared = {name: info["error"] for name, info in doc["backbones"].items() if info.get("error")}
+    for name, error in unprepared.items():
+        console.print(f"[bold red]error:[/bold red] {name}: {error}", highlight=False, soft_wrap=True)
+    if unprepared:  # every row of such a backbone failed for one reason, printed above
+        raise typer.Exit(1)
+
+
+def _left_out(name: str, info: dict) -> str | None:
+    """One line on the test images a backbone's rows were scored without, or None."""
+    left = info.get("test_images_left_out")
+    if not left:
+        return None
+    found = len(left["found_unreadable"])
+    return (f"{name}: {left['recorded'] + found} test image(s) left out ({left['recorded']} recorded as unreadable "
+            f"in its run, {found} found unreadable now and skipped with --skip-bad); accuracy is on the "
+            f"{info.get('n_test')} others")
 
 
 def _print(doc) -> None:
@@ -122,11 +143,12 @@ def table(
 def recommend(
     results: Annotated[Path, typer.Argument(help="Results folder (or its results.json) from `cxr-edge bench`.")]
     = Path("results/cpu"),
-    budget_ms: Annotated[float, typer.Option("--budget-ms", help="Largest p50 latency allowed, in ms.")] = 20.0,
+    budget_ms: Annotated[float, typer.Option("--budget-ms", help="Largest p50 latency allowed, in ms (> 0).")] = 20.0,
     device: Annotated[str | None, typer.Option("--device", help="Device the rows were measured on (cpu, cuda); "
                                                "needed only when the results hold several.")] = None,
-    batch: Annotated[int, typer.Option("--batch", help="Batch size the budget applies to.")] = 1,
-    min_sensitivity: Annotated[float | None, typer.Option("--min-sensitivity", help="Lowest test sensitivity "
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Batch size the budget applies to.")] = 1,
+    min_sensitivity: Annotated[float | None, typer.Option("--min-sensitivity", min=0.0, max=1.0,
+                                                          help="Lowest test sensitivity "
                                                           "allowed (at the validation threshold), e.g. 0.95.")]
     = None,
 ) -> None:
@@ -149,7 +171,7 @@ def compare(
     first: Annotated[Path, typer.Argument(help="Results folder (or results.json) of the earlier benchmark.")],
     second: Annotated[Path, typer.Argument(help="Results folder (or results.json) of the later benchmark.")],
     bound: Annotated[float, typer.Option("--bound", help="A latency change counted as small, as a fraction "
-                                         "(0.10 = 10%).")] = 0.10,
+                                         "in (0, 10) (0.10 = 10%).")] = 0.10,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the comparison here (JSON), "
                                                      "e.g. for `cxr-edge report --reproduction`.")] = None,
     fail: Annotated[bool, typer.Option("--fail/--no-fail", help="Exit with status 1 when an accuracy figure "

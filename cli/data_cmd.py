@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from cli.common import Data, Progress, Ratios, SkipBad, SplitMethod, SplitSeed, SynthN, SynthSize, console, \
-    friendly, out, parse_ratios
+    friendly, out, parse_ratios, print_notes
 from core.synthetic import SyntheticSpec
 
 app = typer.Typer(help="Data sets: generate the synthetic set, make and audit patient-wise splits.",
@@ -19,9 +19,9 @@ app = typer.Typer(help="Data sets: generate the synthetic set, make and audit pa
 @app.command("synth")
 @friendly
 def synth(
-    n_images: Annotated[int, typer.Option("--n-images", help="Number of images.")] = SyntheticSpec.n_images,
-    size: Annotated[int, typer.Option("--size", help="Side of the square images in pixels.")] = 128,
-    seed: Annotated[int, typer.Option("--seed", help="Generator seed; the same seed gives the same bytes.")] = 0,
+    n_images: Annotated[int, typer.Option("--n-images", min=1, help="Number of images.")] = SyntheticSpec.n_images,
+    size: Annotated[int, typer.Option("--size", min=16, help="Side of the square images in pixels.")] = 128,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Generator seed; the same seed gives the same bytes.")] = 0,
     cache: Annotated[Path | None, typer.Option("--cache", help="Cache folder (default $CXR_EDGE_CACHE or "
                                                 "~/.cache/cxr-edge).")] = None,
     progress: Progress = True,
@@ -47,21 +47,26 @@ def split(
     synthetic_images: SynthN = SyntheticSpec.n_images,
     synthetic_size: SynthSize = SyntheticSpec.size,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing split file.")] = False,
+    progress: Progress = True,
 ) -> None:
     """Make a patient-wise stratified split and save it as the manifest every later stage reads."""
     from core.datasets import resolve_source
-    from core.split import audit as audit_split, make_split
+    from core.split import audit as audit_split, image_wise_warning, make_split
     from core.synthetic import SyntheticSpec
 
     if out_file.exists() and not force:
         raise FileExistsError(f"{out_file} exists; pass --force to replace it, or choose another --out")
-    source = resolve_source(data, skip_bad=skip_bad,
+    source = resolve_source(data, skip_bad=skip_bad, progress=progress,
                             synthetic=SyntheticSpec(n_images=synthetic_images, size=synthetic_size))
     result = make_split(source, ratios=parse_ratios(ratios), seed=seed, method=method)
     result.save(out_file)
     _print_counts(result)
-    for p in audit_split(result):
-        console.print(f"[yellow]warning:[/yellow] {p}")
+    for p in audit_split(result) + [image_wise_warning(result)]:
+        if p:
+            console.print(f"[yellow]warning:[/yellow] {p}", highlight=False, soft_wrap=True)
+    if result.skipped:
+        print_notes([f"{len(result.skipped)} unreadable file(s) left out of the split (--skip-bad), listed with their "
+                     f"reasons under 'skipped' in {out_file}; later stages never see them"])
     out.print(f"split {result.hash} written to {out_file}")
 
 

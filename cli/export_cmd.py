@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.common import Progress, console, friendly, out
+from cli.common import Progress, SkipBadLater, console, friendly, out, print_notes
 
 _REASON_CHARS = 700
 
@@ -32,12 +32,13 @@ def export(
                                                     "MEAN_QUANTILE and entropy to HISTOGRAM). ExecuTorch/LiteRT "
                                                     "(PT2E): minmax or entropy (histogram).")]
     = None,
-    n_calibration: Annotated[int, typer.Option("--n-calibration", help="Calibration images, drawn (seeded) from the "
+    n_calibration: Annotated[int, typer.Option("--n-calibration", min=1,
+                                               help="Calibration images, drawn (seeded) from the "
                                                "training side of the run's split only.")] = 300,
     accuracy_aware: Annotated[bool, typer.Option("--accuracy-aware", help="OpenVINO INT8 only: NNCF quantization "
                                                  "with accuracy control on the validation side.")] = False,
     max_auc_drop: Annotated[float, typer.Option("--max-auc-drop", help="Budget of --accuracy-aware: largest "
-                                                "validation ROC-AUC drop allowed.")] = 0.005,
+                                                "validation ROC-AUC drop allowed, in (0, 1).")] = 0.005,
     keep_float: Annotated[list[str] | None, typer.Option("--keep-float", help="INT8: keep these layers in float "
                                                          "(repeatable): a glob over graph node names "
                                                          "('node_Conv_1*') or an op type ('type:Mul'; ONNX and "
@@ -52,9 +53,11 @@ def export(
     force: Annotated[bool, typer.Option("--force", help="Build every artifact again, even one already in --out that "
                                         "is what this request would build (same run, settings, library versions "
                                         "and checksum; such artifacts are kept by default).")] = False,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Export this many runs at a time, each in a process pinned "
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1,
+                                      help="Export this many runs at a time, each in a process pinned "
                                       "to its own share of the CPU cores (Linux; 2 on a 2-core machine saves about "
                                       "a third of the time: the exporters are mostly single-threaded Python).")] = 1,
+    skip_bad: SkipBadLater = False,
     progress: Progress = True,
 ) -> None:
     """Export trained runs and check every artifact against PyTorch on the run's validation images.
@@ -78,7 +81,8 @@ def export(
                                  "max_auc_drop": max_auc_drop,
                                  "ignored": tuple(p.strip() for p in keep_float if p.strip()) if keep_float else None}
     quant_configs(fmts, overrides)  # a bad option fails here, before any run is read
-    found = find_runs(runs)
+    found = find_runs(runs, skip_bad=skip_bad)
+    print_notes([r.left_out_note(("train", "val")) for r in found])
     try:
         records = export_runs(found, out_dir, fmts, precs, overrides, verify=not no_verify, progress=progress,
                               console=console, force=force, jobs=jobs)
@@ -86,6 +90,9 @@ def export(
         raise ValueError(str(err)) from err
     out.print(_table(records, out_dir))
     _notes(records)
+    print_notes([f"{r['backbone']}: {len(r['images_left_out']['val_found_unreadable'])} validation image(s) found "
+                 f"unreadable and skipped (--skip-bad); listed under images_left_out in the manifest"
+                 for r in records if (r.get("images_left_out") or {}).get("val_found_unreadable")])
     kept = sum(1 for r in records if r.get("reused"))
     if kept:
         out.print(f"{kept} artifact(s) kept from an earlier export (same run, settings, library versions and "

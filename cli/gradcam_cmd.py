@@ -8,17 +8,21 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from cli.common import Progress, console, friendly, out
+from cli.common import Progress, SkipBadLater, console, friendly, out, print_notes
 
-Method = Annotated[str, typer.Option("--method", help="gradcam, gradcam++, hirescam, layercam or xgradcam (pytorch-grad-cam; LayerCAM weighs each cell by its own gradient and suits earlier, finer layers).")]
+Method = Annotated[str, typer.Option("--method",
+                                     help="gradcam, gradcam++, hirescam, layercam or xgradcam (pytorch-grad-cam; "
+                                           "LayerCAM weighs each cell by its own gradient and suits earlier, "
+                                           "finer layers).")]
 FidelityMethod = Annotated[str, typer.Option("--method", help="gradcam, gradcam++, hirescam, layercam or xgradcam; "
                                              "auto: choose method and layer per run on --select-split images "
                                              "(hirescam, xgradcam, gradcam at each stage output of stride >= 8).")]
 Side = Annotated[str, typer.Option("--split", help="Side of the run's saved split to take images from when no "
                                    "IMAGES are given (train, val or test).")]
-N = Annotated[int, typer.Option("--n", help="Images taken from --split when no IMAGES are given (half PNEUMONIA).")]
+N = Annotated[int, typer.Option("--n", min=1,
+                                help="Images taken from --split when no IMAGES are given (half PNEUMONIA).")]
 Device = Annotated[str, typer.Option("--device", help="cpu or cuda[:N] for the PyTorch model.")]
-Batch = Annotated[int, typer.Option("--batch-size", help="Images per Grad-CAM batch.")]
+Batch = Annotated[int, typer.Option("--batch-size", min=1, help="Images per Grad-CAM batch.")]
 _LAYER_HELP = ("BACKBONE=LAYER (repeatable): Grad-CAM at this dotted module path instead of the registry's last "
                "stage, e.g. resnet18=layer3 (a finer grid: at 64 px the last stage of a stride-32 CNN is 2x2 cells)")
 Layer = Annotated[list[str] | None, typer.Option("--layer", help=_LAYER_HELP + ".")]
@@ -58,6 +62,27 @@ def _pick(run, side: str, n: int, seed: int = 0) -> list[str]:
     return pick
 
 
+def _decode(paths: list[str], skip_bad: bool) -> tuple[list[str], list[Any]]:
+    """The images (once; each run resizes them with its own preprocessing) and their paths; with ``skip_bad``
+    the unreadable ones are left out, with a note."""
+    from core.data import DataError, decode_image
+
+    kept, decoded, bad = [], [], []
+    for p in paths:
+        try:
+            decoded.append(decode_image(p))
+            kept.append(p)
+        except DataError as err:
+            if not skip_bad:
+                raise
+            bad.append(err.reason)
+    if bad:
+        print_notes([f"{len(bad)} image(s) found unreadable and skipped (--skip-bad): " + "; ".join(bad)])
+    if not kept:
+        raise ValueError(f"none of the {len(paths)} image(s) could be read; give readable images")
+    return kept, decoded
+
+
 def _names(paths: list[str]) -> list[str]:
     """Unique file-name stems for the output files."""
     seen: dict[str, int] = {}
@@ -86,6 +111,7 @@ def gradcam(
     choices: Annotated[Path | None, typer.Option("--choices", help="fidelity.json of `cxr-edge fidelity --method "
                                                  "auto` (or --layer auto): each backbone's chosen method and layer "
                                                  "replace --method/--layer for it.")] = None,
+    skip_bad: SkipBadLater = False,
     progress: Progress = True,
 ) -> None:
     """Grad-CAM heatmaps of IMAGES for every run, prepared exactly as in training; raw .npy, overlay PNGs
@@ -94,13 +120,12 @@ def gradcam(
     from rich.progress import track
 
     from core import io
-    from core.data import decode_image
     from core.gradcam import METHODS, explain, contact_sheet, parse_layers, save_heatmaps
     from core.runs import find_runs
 
     if method not in METHODS:
         raise ValueError(f"--method {method!r} is not known; choose one of {', '.join(METHODS)}")
-    found = find_runs([runs])
+    found = find_runs([runs], skip_bad=skip_bad)
     layers = parse_layers(layer, [r.record["backbone"] for r in found])
     if "auto" in layers.values():
         raise ValueError("--layer auto chooses a layer by the pointing game on validation lesion masks: run "
@@ -110,14 +135,15 @@ def gradcam(
     if choices is not None:
         methods, chosen = _read_choices(choices)
         layers.update(chosen)
-    paths = [str(p) for p in images] if images else _pick(found[0], side, n)
+    if not images:
+        print_notes([found[0].left_out_note((side,))])
+    paths, decoded = _decode([str(p) for p in images] if images else _pick(found[0], side, n), skip_bad)
     names = _names(paths)
     labels = {}
     split = found[0].split()
-    for side in ("train", "val", "test"):
-        for s in split.samples(side):
+    for name in ("train", "val", "test"):
+        for s in split.samples(name):
             labels[s.path] = "PNEUMONIA" if s.label == 1 else "NORMAL"
-    decoded = [decode_image(p) for p in paths]  # once; each run resizes with its own preprocessing
     columns: dict[str, np.ndarray] = {}
     record: dict[str, Any] = {"method": method, "device": device, "images": paths, "runs": [],
                               "explained_class": "PNEUMONIA (the model's one logit)", "environment": io.environment()}
@@ -153,15 +179,17 @@ def fidelity(
     out_file: Annotated[Path, typer.Option("--out", "-o", help="JSON file of all results.")] = Path("fidelity.json"),
     method: FidelityMethod = "gradcam",
     side: Side = "test",
-    n: Annotated[int, typer.Option("--n", help="PNEUMONIA images of --split to measure on.")] = 32,
-    steps: Annotated[int, typer.Option("--steps", help="Deletion/insertion steps.")] = 32,
+    n: Annotated[int, typer.Option("--n", min=1, help="PNEUMONIA images of --split to measure on.")] = 32,
+    steps: Annotated[int, typer.Option("--steps", min=2, help="Deletion/insertion steps.")] = 32,
     boxes: Annotated[Path | None, typer.Option("--boxes", help="CSV image,x,y,width,height (RSNA style) of lesion "
                                                "boxes, for data without masks.")] = None,
-    road: Annotated[bool, typer.Option("--road/--no-road", help="Compute ROAD (slow: a sparse solve per image).")] = True,
+    road: Annotated[bool, typer.Option("--road/--no-road",
+                                       help="Compute ROAD (slow: a sparse solve per image).")] = True,
     device: Device = "cpu",
     layer: AutoLayer = None,
     select_split: Annotated[str, typer.Option("--select-split", help="Side whose PNEUMONIA images choose the layer "
                                               "under --layer auto (never test).")] = "val",
+    skip_bad: SkipBadLater = False,
     progress: Progress = True,
 ) -> None:
     """Explanation fidelity. Runs: pointing game, energy in mask, deletion/insertion AUC, ROAD, the
@@ -184,7 +212,8 @@ def fidelity(
         (export_dirs if (p / "manifest.json").is_file() else run_paths).append(p)
     from core.gradcam import METHODS, parse_layers
 
-    found = find_runs(run_paths) if run_paths else []
+    found = find_runs(run_paths, skip_bad=skip_bad) if run_paths else []
+    print_notes([r.left_out_note(tuple(dict.fromkeys((side, select_split)))) for r in found])
     layers = parse_layers(layer, [r.record["backbone"] for r in found])
     if layers and export_dirs:
         raise ValueError("--layer applies to runs only: artifacts are judged by the pixel ranking of their run's "
@@ -246,7 +275,7 @@ def fidelity(
             try:
                 src = rec["source_run"]
                 if src not in by_run:
-                    run = load_run(src) if is_complete(src) else None
+                    run = load_run(src, skip_bad) if is_complete(src) else None
                     if run is None:
                         raise ValueError(f"source run {src} of {rec['path']} is missing")
                     fs = fidelity_images(run, side=side, n=n)

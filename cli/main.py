@@ -1,8 +1,9 @@
 """The `cxr-edge` command-line program: one sub-command per stage.
 
 Commands are thin: parse, build the config, call the library, print. User errors (bad data, a
-missing run, an unknown backbone) print one clear message and exit with status 2; set
-CXR_EDGE_DEBUG=1 to see the traceback as well.
+missing run, an unknown backbone) print one clear message and exit with status 2; an error no check
+foresaw prints one line naming its type and exits with status 1. Set CXR_EDGE_DEBUG=1 to see the
+traceback as well.
 """
 
 from __future__ import annotations

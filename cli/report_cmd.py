@@ -14,7 +14,8 @@ from cli.common import friendly, out
 def report(
     results: Annotated[Path, typer.Argument(help="A `cxr-edge bench` output folder (holds results.json).")],
     out_file: Annotated[Path, typer.Option("--out", "-o", help="The Markdown file to write; result files are "
-                                           "copied to <its folder>/results/<results folder name>/.")
+                                           "copied beside it into a folder named after it (docs/RESULTS.md -> "
+                                           "docs/RESULTS/).")
                         ] = Path("docs/RESULTS.md"),
     recipe: Annotated[str, typer.Option("--recipe", help="The command that reproduces these results, quoted "
                                         "in the document.")] = "just kermany",

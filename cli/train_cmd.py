@@ -8,29 +8,38 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli.common import Data, Progress, Ratios, SkipBad, SplitMethod, SplitSeed, SynthN, SynthSize, console, \
-    friendly, out, parse_ratios
+from cli.common import Data, Progress, Ratios, SkipBad, SkipBadLater, SplitMethod, SplitSeed, SynthN, SynthSize, \
+    console, friendly, out, parse_ratios, print_notes
 from core.synthetic import SyntheticSpec
 
-Out = Annotated[Path, typer.Option("--out", "-o", help="Folder of run folders; each backbone writes <out>/<backbone>/.")]
-Size = Annotated[int, typer.Option("--size", help="Input size in pixels (square). 224 matches ImageNet weights.")]
-Epochs = Annotated[int, typer.Option("--epochs", help="Maximum epochs.")]
-Batch = Annotated[int, typer.Option("--batch-size", help="Images per step.")]
-Lr = Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate (after warm-up), shared by all backbones; "
+Out = Annotated[Path, typer.Option("--out", "-o",
+                                   help="Folder of run folders; each backbone writes <out>/<backbone>/.")]
+Size = Annotated[int, typer.Option("--size", min=16,
+                                   help="Input size in pixels (square). 224 matches ImageNet weights.")]
+Epochs = Annotated[int, typer.Option("--epochs", min=1, help="Maximum epochs.")]
+Batch = Annotated[int, typer.Option("--batch-size", min=2, help="Images per step.")]
+Lr = Annotated[float, typer.Option("--lr",
+                                   help="Peak AdamW learning rate (> 0, after warm-up), shared by all backbones; "
                                     "ViT-B/16 runs at lr x 0.0625 (its registry lr_scale), recorded in run.json.")]
-Wd = Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")]
-Gamma = Annotated[float, typer.Option("--gamma", help="Focal loss gamma (0 = weighted BCE).")]
-Alpha = Annotated[float | None, typer.Option("--alpha", help="Focal loss weight of PNEUMONIA in [0,1]; default: the "
+Wd = Annotated[float, typer.Option("--weight-decay", min=0.0, help="AdamW weight decay.")]
+Gamma = Annotated[float, typer.Option("--gamma", min=0.0, help="Focal loss gamma (0 = weighted BCE).")]
+Alpha = Annotated[float | None, typer.Option("--alpha", min=0.0, max=1.0,
+                                             help="Focal loss weight of PNEUMONIA in [0,1]; default: the "
                                              "share of NORMAL images on the training side.")]
-Patience = Annotated[int, typer.Option("--patience", help="Stop after this many epochs without a better val ROC-AUC.")]
+Patience = Annotated[int, typer.Option("--patience", min=1,
+                                       help="Stop after this many epochs without a better val ROC-AUC.")]
 Seed = Annotated[int, typer.Option("--seed", help="Training seed (init, order, augmentation).")]
 Pretrained = Annotated[bool, typer.Option("--pretrained", help="Start from timm's ImageNet weights (needs the hub).")]
 Weights = Annotated[Path | None, typer.Option("--weights", help="Start from ImageNet weights in this local file "
                                               "(a timm state dict; for one backbone).")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
-Threads = Annotated[int | None, typer.Option("--threads", help="CPU threads for torch (default: all cores).")]
+Threads = Annotated[int | None, typer.Option("--threads", min=1,
+                                             help="CPU threads for torch (default: all cores; the count used is "
+                                                  "recorded in the run as environment.torch_threads). 0 is refused "
+                                                  "rather than read as all cores: leave the option out for that.")]
 NoAugment = Annotated[bool, typer.Option("--no-augment", help="Turn off training-side augmentation.")]
-CutMix = Annotated[float, typer.Option("--cutmix", help="Probability per batch of CutMix (Yun et al. 2019, through "
+CutMix = Annotated[float, typer.Option("--cutmix", min=0.0, max=1.0,
+                                       help="Probability per batch of CutMix (Yun et al. 2019, through "
                                        "timm's Mixup: a box of another image pasted in, labels mixed by area); "
                                        "0 = off, as in the paper. Needs an even --batch-size.")]
 Recipe = Annotated[str, typer.Option("--recipe", help="Named training recipe (core/recipes.py; docs/recipes.md): "
@@ -38,7 +47,8 @@ Recipe = Annotated[str, typer.Option("--recipe", help="Named training recipe (co
 SplitFile = Annotated[Path | None, typer.Option("--split-file", help="Use this saved split instead of making one.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue interrupted runs from their last epoch.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace existing runs in --out.")]
-Jobs = Annotated[int, typer.Option("--jobs", "-j", help="CPU: train this many backbones at a time, each in a process "
+Jobs = Annotated[int, typer.Option("--jobs", "-j", min=1,
+                                   help="CPU: train this many backbones at a time, each in a process "
                                    "pinned to its own share of the cores, with that many torch threads (recorded "
                                    "as the run's threads; results depend on the thread count).")]
 
@@ -74,7 +84,8 @@ def _run(names, data, out_dir, size, epochs, batch_size, lr, weight_decay, gamma
                       f"{r['train_seconds']:.0f}")
         bad = r.get("data", {}).get("skipped_files", 0)
         if bad:
-            console.print(f"[yellow]{o.backbone}: {bad} unreadable file(s) skipped (listed in {o.run_dir}/run.json)")
+            console.print(f"[yellow]{o.backbone}: {bad} unreadable file(s) skipped (listed in {o.run_dir}/run.json; "
+                          "later stages leave them out)", highlight=False)
     out.print(table)
 
 
@@ -127,11 +138,13 @@ def train_all(
 @friendly
 def evaluate(
     runs: Annotated[list[Path], typer.Argument(help="Run folders, or a folder of runs (e.g. runs/).")],
-    side: Annotated[str, typer.Option("--split", help="Side of the saved split to evaluate: train, val or test.")] = "test",
+    side: Annotated[str, typer.Option("--split",
+                                      help="Side of the saved split to evaluate: train, val or test.")] = "test",
     out_file: Annotated[Path | None, typer.Option("--out", "-o", help="JSON report path (default: "
                                                   "<first run's parent>/evaluate-<side>.json).")] = None,
-    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap replicates for the 95% CIs.")] = 1000,
+    n_boot: Annotated[int, typer.Option("--n-boot", min=1, help="Bootstrap replicates for the 95% CIs.")] = 1000,
     device: Device = "auto",
+    skip_bad: SkipBadLater = False,
     progress: Progress = True,
 ) -> None:
     """Metrics with bootstrap 95% CIs at each run's validation threshold; with several runs, their
@@ -140,8 +153,14 @@ def evaluate(
     from core.evaluate import evaluate_runs
     from core.runs import find_runs
 
-    found = find_runs(runs)
+    found = find_runs(runs, skip_bad=skip_bad)
     report = evaluate_runs(found, side, n_boot=n_boot, device=device, progress=progress)
+    left = report.get("images_left_out")
+    if left:
+        recorded = sum(left["recorded"].values())
+        print_notes([f"{recorded + len(left['found_unreadable'])} image(s) left out: {recorded} recorded as unreadable "
+                     f"by the run(s), {len(left['found_unreadable'])} found unreadable now and skipped (--skip-bad); "
+                     f"listed in the report"])
     out_file = out_file or found[0].path.parent / f"evaluate-{side}.json"
     io.write_json(out_file, report)
     table = Table(title=f"{side} side of split {report['split_hash']} ({report['n_images']} images); "

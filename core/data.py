@@ -45,7 +45,20 @@ _PATIENT_PATTERNS = (
 
 
 class DataError(ValueError):
-    """A problem with the user's data: the message names the file/value and the fix (CLI: no traceback)."""
+    """A problem with the user's data: the message names the file/value and the fix (CLI: no traceback).
+
+    ``reason`` is the problem alone, without the fix: what a record of a skipped file stores, since the
+    user who skipped it needs no advice to skip it.
+    """
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
+
+
+def bad_file(reason: str) -> DataError:
+    """The error of one unreadable file: ``reason`` plus how to get past it (remove it or skip bad files)."""
+    return DataError(f"{reason}; {_SKIP_HINT}", reason)
 
 
 @dataclass(frozen=True)
@@ -103,7 +116,7 @@ def _not_image_reason(path: Path) -> str:
         return f"{path} is a folder inside a class folder; class folders must hold image files directly"
     return (
         f"{path} is not an image (suffix {path.suffix or 'none'!r}; allowed: "
-        f"{', '.join(sorted(IMAGE_SUFFIXES))}); {_SKIP_HINT}"
+        f"{', '.join(sorted(IMAGE_SUFFIXES))})"
     )
 
 
@@ -115,7 +128,7 @@ def _read_class_folder(
         if path.is_dir() or path.suffix.lower() not in IMAGE_SUFFIXES:
             reason = _not_image_reason(path)
             if not skip_bad:
-                raise DataError(reason)
+                raise DataError(reason) if path.is_dir() else bad_file(reason)
             skipped.append((os.path.abspath(path), reason))
             continue
         samples.append(Sample(os.path.abspath(path), label, patient_id(path.name), side))
@@ -212,7 +225,7 @@ def _csv_sample(row: dict[str, str], line: int, csv_path: Path) -> tuple[Sample,
     file = Path(os.path.abspath(file if file.is_absolute() else csv_path.parent / file))
     reason = None
     if not file.is_file():
-        reason = f"{where}: image {file} does not exist; fix the path or {_SKIP_HINT}"
+        reason = f"{where}: image {file} does not exist (fix the path)"
     elif file.suffix.lower() not in IMAGE_SUFFIXES:
         reason = f"{where}: " + _not_image_reason(file)
     return Sample(str(file), label, row.get("patient_id") or patient_id(file.name), side), reason
@@ -254,7 +267,7 @@ def read_csv(path: str | Path, *, skip_bad: bool = False) -> DataSource:
             elif skip_bad:
                 skipped.append((sample.path, reason))
             else:
-                raise DataError(reason)
+                raise bad_file(reason)
     if not samples and not skipped:
         raise DataError(f"CSV file {csv_path} has a header but no rows; add one row per image")
     return DataSource(os.path.abspath(csv_path), "csv", samples, skipped)
@@ -305,9 +318,9 @@ def _decode_dicom(path: Path) -> Image.Image:
         else:
             arr = apply_modality_lut(arr, ds)  # rescale slope/intercept or modality LUT, if present
     except Exception as err:  # pydicom raises many types for bad or unsupported files
-        raise DataError(f"cannot decode DICOM {path}: {err}; {_SKIP_HINT}") from err
+        raise bad_file(f"cannot decode DICOM {path}: {err}") from err
     if arr.ndim != 2:
-        raise DataError(f"DICOM {path} has pixel data of shape {arr.shape}, not one 2-D image; {_SKIP_HINT}")
+        raise bad_file(f"DICOM {path} has pixel data of shape {arr.shape}, not one 2-D image")
     out = _to_uint8(arr)
     if not color and str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         out = 255 - out  # MONOCHROME1: low values are bright
@@ -322,9 +335,9 @@ def decode_image(path: str | Path) -> Image.Image:
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"image {path} does not exist; fix the path or {_SKIP_HINT}")
+        raise bad_file(f"image {path} does not exist (fix the path)")
     if path.stat().st_size == 0:
-        raise DataError(f"image {path} is empty (0 bytes); {_SKIP_HINT}")
+        raise bad_file(f"image {path} is empty (0 bytes)")
     if _is_dicom(path):
         return _decode_dicom(path)
     try:
@@ -336,7 +349,7 @@ def decode_image(path: str | Path) -> Image.Image:
                 return Image.fromarray(_to_uint8(np.array(img)), mode="L")
             return img.convert("L")  # RGB(A), palette, 1-bit: PIL's luma; alpha is dropped
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise DataError(f"cannot decode {path}: corrupt or not an image ({err}); {_SKIP_HINT}") from err
+        raise bad_file(f"cannot decode {path}: corrupt or not an image ({err})") from err
 
 
 def _decode_one(path: str, preprocess: Preprocess, skip_bad: bool) -> np.ndarray | str:
@@ -345,7 +358,7 @@ def _decode_one(path: str, preprocess: Preprocess, skip_bad: bool) -> np.ndarray
     except DataError as err:
         if not skip_bad:
             raise
-        return str(err)
+        return err.reason
 
 
 def load_images(
@@ -382,3 +395,32 @@ def load_images(
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return out[: len(kept)], kept, skipped
+
+
+def validate_images(samples: Sequence[Sample], *, progress: bool = True,
+                    workers: int = 3) -> tuple[list[Sample], list[tuple[str, str]]]:
+    """Decode every sample once to find the unreadable ones: (readable samples, ``(path, reason)`` of the rest).
+
+    What skipping bad files at split time needs, so that a bad file is left out of every side from the start
+    and recorded in the split, instead of being met (or not) by whichever stage decodes its side.
+    """
+    from rich.progress import track
+
+    def check(sample: Sample) -> str | None:
+        try:
+            decode_image(sample.path)
+        except DataError as err:
+            return err.reason
+        return None
+
+    good: list[Sample] = []
+    bad: list[tuple[str, str]] = []
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(samples)))) as pool:
+        results = track(pool.map(check, samples), total=len(samples), description=f"checking {len(samples)} images",
+                        disable=not progress)
+        for sample, reason in zip(samples, results):
+            if reason is None:
+                good.append(sample)
+            else:
+                bad.append((sample.path, reason))
+    return good, bad

@@ -7,12 +7,12 @@ The one entry point every stage uses: ``resolve_source`` turns "synthetic" or a 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from core.data import DataError, DataSource, load_images, read_source
+from core.data import DataError, DataSource, load_images, read_source, validate_images
 from core.preprocess import Preprocess
 from core.split import Split, make_split
 from core.synthetic import SyntheticSpec, ensure_synthetic
@@ -22,14 +22,23 @@ SYNTHETIC = "synthetic"
 
 def resolve_source(data: str | None, *, skip_bad: bool = False, synthetic: SyntheticSpec | None = None,
                    progress: bool = True) -> DataSource:
-    """``None``/"synthetic" -> the built-in synthetic set (generated on first use); else a folder or CSV."""
+    """``None``/"synthetic" -> the built-in synthetic set (generated on first use); else a folder or CSV.
+
+    With ``skip_bad`` every image is decoded once and the unreadable ones move from ``samples`` to
+    ``skipped`` (with their reasons), so a split made from the source leaves them out of every side and
+    records them.
+    """
     if data is None or data == SYNTHETIC:
         spec = synthetic or SyntheticSpec()
         root = ensure_synthetic(spec, progress=progress)
         source = read_source(root / "manifest.csv", skip_bad=skip_bad)
         source.synthetic = asdict(spec)
+    else:
+        source = read_source(data, skip_bad=skip_bad)
+    if not skip_bad:
         return source
-    return read_source(data, skip_bad=skip_bad)
+    good, bad = validate_images(source.samples, progress=progress)
+    return replace(source, samples=good, skipped=source.skipped + bad)
 
 
 def split_for(source: DataSource, *, method: str = "patient", seed: int = 42,
@@ -63,8 +72,14 @@ class SideImages:
     paths: list[str]
 
 
-def load_sides(split: Split, preprocess: Preprocess, *, sides=("train", "val", "test"), skip_bad: bool = False,
+def load_sides(split: Split, preprocess: Preprocess, *, sides=("train", "val", "test"), skip_bad: bool | None = None,
                progress: bool = True) -> tuple[dict[str, SideImages], list[tuple[str, str]]]:
+    """Decode ``sides`` of ``split`` (files its run recorded as unreadable left out, see :meth:`Split.samples`).
+
+    Returns the sides and the ``(path, reason)`` of files found unreadable now, which are skipped when
+    ``skip_bad`` (default: the split's own ``skip_bad``, set from the command's --skip-bad) and an error otherwise.
+    """
+    skip_bad = split.skip_bad if skip_bad is None else skip_bad
     out: dict[str, SideImages] = {}
     skipped: list[tuple[str, str]] = []
     for side in sides:

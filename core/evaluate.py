@@ -32,12 +32,15 @@ def evaluate_runs(runs: list[Run], side: str = "test", *, n_boot: int = 1000, se
                        f"Evaluate them one at a time, or retrain with the same --split-file")
     dev = resolve_device(device)
     split = runs[0].split()
+    split.excluded = {path: why for run in runs for path, why in run.recorded_bad().items()}  # one image set for all
     cache: dict = {}  # Preprocess -> decoded sides; runs of one size share it
+    found: dict[str, str] = {}  # images found unreadable now and skipped (--skip-bad)
     results, probs = [], {"val": [], side: []}
     for run in runs:
         pre = run.preprocess
         if pre not in cache:
-            cache[pre] = load_sides(split, pre, sides=tuple(dict.fromkeys(("val", side))), progress=progress)[0]
+            cache[pre], bad = load_sides(split, pre, sides=tuple(dict.fromkeys(("val", side))), progress=progress)
+            found.update(bad)
         sides = cache[pre]
         model = run.build_model().to(dev)
         with torch.inference_mode():
@@ -57,6 +60,9 @@ def evaluate_runs(runs: list[Run], side: str = "test", *, n_boot: int = 1000, se
         "side": side, "split_hash": split.hash, "split_method": split.method, "n_images": int(len(labels)),
         "runs": results, "environment": io.environment(),
     }
+    if found or split.left_out(side) or split.left_out("val"):
+        report["images_left_out"] = {"recorded": {s: split.left_out(s) for s in dict.fromkeys(("val", side))},
+                                     "found_unreadable": [[p, why] for p, why in found.items()]}
     if len(runs) > 1:
         val_labels = next(iter(cache.values()))["val"].labels
         op = choose_operating_point(val_labels, ensemble_probabilities(probs["val"]))

@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from core import registry, runs
 from core.datasets import load_sides, resolve_source, split_for
 from core.distributed import Dist
+from core.split import image_wise_warning
 from core.synthetic import SyntheticSpec
 from core.train import TrainConfig, fit
 
@@ -71,6 +72,9 @@ def train_backbones(names: list[str], base: TrainConfig, data: DataConfig, out: 
         dist.barrier()
     console.print(f"data: {source.root} ({source.kind}); split {split.hash} ({split.method}, seed {split.seed}): "
                   + ", ".join(f"{s} {c['images']} img / {c['patients']} patients" for s, c in split.counts().items()))
+    warning = image_wise_warning(split)
+    if warning:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
     configs = [replace(base, backbone=n) for n in names]
     plans = {c.backbone: _plan(out / c.backbone, c, split.hash, resume, force) for c in configs}
     outcomes = []
@@ -107,9 +111,10 @@ def _fit_inputs(c: TrainConfig, split, source, data: DataConfig, by_pre: dict[An
         by_pre[preprocess] = load_sides(split, preprocess, sides=("train", "val"), skip_bad=data.skip_bad,
                                         progress=show_progress)
     sides, skipped = by_pre[preprocess]
-    bad = [(split.relpath(p), reason) for p, reason in source.skipped + skipped]
-    return sides, {"data": {"source": split.source_record(), "kind": source.kind,
-                            "skipped_files": len(bad), "skipped": bad[:50]}}
+    # every unreadable file, once, relative to the data root: later stages leave these out of the split
+    bad = {split.relpath(p): reason for p, reason in source.skipped + skipped}
+    return sides, {"data": {"source": split.source_record(), "kind": source.kind, "skipped_files": len(bad),
+                            "skipped": [[path, reason] for path, reason in bad.items()]}}
 
 
 def _outcome(c: TrainConfig, plans: dict[str, str], out: Path, record: dict[str, Any]) -> Outcome:

@@ -96,8 +96,8 @@ class Backbone:
             except Exception as err:  # network errors come in many types from huggingface_hub
                 raise RegistryError(
                     f"could not fetch ImageNet weights for {self.timm_id} from timm's hub ({type(err).__name__}: "
-                    f"{err}). Without network access, download them elsewhere and pass --weights FILE, "
-                    f"or train from scratch without --pretrained."
+                    f"{err}). Without network access, download them elsewhere and train each backbone with "
+                    f"`cxr-edge train {self.name} --weights FILE`, or train from scratch without --pretrained."
                 ) from err
         return timm.create_model(self.timm_id, pretrained=False, **kwargs)
 

@@ -86,6 +86,7 @@ def is_complete(run_dir: str | Path) -> bool:
 class Run:
     path: Path
     record: dict[str, Any]
+    skip_bad: bool = False  # the command's --skip-bad: skip images found unreadable now (recorded ones always are)
 
     @property
     def backbone(self) -> registry.Backbone:
@@ -104,7 +105,27 @@ class Run:
         return self.path.name
 
     def split(self) -> Split:
-        return Split.load(self.path / "split.json")
+        """The run's saved split, seen through the run: the files training recorded as unreadable are left out
+        of :meth:`Split.samples`, and images found unreadable now are skipped when ``skip_bad``."""
+        split = Split.load(self.path / "split.json")
+        split.excluded = self.recorded_bad()
+        split.skip_bad = self.skip_bad
+        return split
+
+    def recorded_bad(self) -> dict[str, str]:
+        """path -> reason of every file this run recorded as unreadable (``run.json`` ``data.skipped``)."""
+        listed = (self.record.get("data") or {}).get("skipped") or []
+        return {str(item[0]): str(item[1]) for item in listed if isinstance(item, (list, tuple)) and len(item) == 2}
+
+    def left_out_note(self, sides: tuple[str, ...]) -> str | None:
+        """One line saying how many images of ``sides`` the run's records leave out, or None when none."""
+        split = self.split()
+        counts = {side: split.left_out(side) for side in sides}
+        if not any(counts.values()):
+            return None
+        where = ", ".join(f"{n} of the {side} side" for side, n in counts.items() if n)
+        return (f"{self.name}: {sum(counts.values())} image(s) left out ({where}): recorded as unreadable in "
+                f"{self.path / 'run.json'}")
 
     @property
     def weights_path(self) -> Path:
@@ -143,7 +164,8 @@ class Run:
         return model.eval()
 
 
-def load_run(path: str | Path) -> Run:
+def load_run(path: str | Path, skip_bad: bool = False) -> Run:
+    """The run in folder ``path``; ``skip_bad``: images found unreadable later are skipped, not an error."""
     path = Path(path)
     if not path.is_dir():
         raise RunError(f"run folder {str(path)!r} does not exist; train one with `cxr-edge train` first")
@@ -156,19 +178,19 @@ def load_run(path: str | Path) -> Run:
         raise RunError(f"{path / 'run.json'} is not valid JSON ({err}); retrain the run") from err
     if record.get("format") != RUN_FORMAT:
         raise RunError(f"{path / 'run.json'} has format {record.get('format')!r}, expected {RUN_FORMAT!r}")
-    return Run(path, record)
+    return Run(path, record, skip_bad)
 
 
-def find_runs(paths: list[str | Path]) -> list[Run]:
-    """Each path is a run folder, or a folder of run folders (e.g. runs/)."""
+def find_runs(paths: list[str | Path], skip_bad: bool = False) -> list[Run]:
+    """Each path is a run folder, or a folder of run folders (e.g. runs/); ``skip_bad`` as in :func:`load_run`."""
     runs: list[Run] = []
     for p in map(Path, paths):
         if p.is_dir() and not is_complete(p) and not (p / "checkpoint").is_dir():
             children = sorted(c for c in p.iterdir() if c.is_dir() and is_complete(c))
             if children:
-                runs += [load_run(c) for c in children]
+                runs += [load_run(c, skip_bad) for c in children]
                 continue
-        runs.append(load_run(p))
+        runs.append(load_run(p, skip_bad))
     return runs
 
 

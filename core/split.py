@@ -72,6 +72,11 @@ class Split:
         """The folder entries are relative to: the data folder, or the CSV's folder."""
         return self.source if self.source_kind == "folder" else os.path.dirname(self.source)
 
+    # A run's view of its split (core.runs.Run.split), neither saved nor hashed: files the run recorded as
+    # unreadable (path -> reason), left out by samples(); and whether files found unreadable now are skipped.
+    excluded: dict[str, str] = field(default_factory=dict, repr=False)
+    skip_bad: bool = False
+
     @property
     def hash(self) -> str:
         """First 16 hex chars of sha256 over the sorted (path, label, patient, side) entries; paths are
@@ -94,10 +99,17 @@ class Split:
 
     def samples(self, name: str) -> list[Sample]:
         """The entries of side ``name`` as :class:`Sample` with paths on this machine (for
-        :func:`core.data.load_images`)."""
-        entries = self.side(name)
+        :func:`core.data.load_images`), without the files in ``excluded``."""
+        entries = [e for e in self.side(name) if not self._is_excluded(e)]
         self._ensure_data(entries)
         return [Sample(self.abspath(e.path), e.label, e.patient, e.side) for e in entries]
+
+    def _is_excluded(self, e: SplitEntry) -> bool:
+        return bool(self.excluded) and (e.path in self.excluded or self.abspath(e.path) in self.excluded)
+
+    def left_out(self, name: str) -> int:
+        """How many entries of side ``name`` :meth:`samples` leaves out (recorded as unreadable)."""
+        return sum(self._is_excluded(e) for e in self.side(name))
 
     def _ensure_data(self, entries: list[SplitEntry]) -> None:
         if self.source_kind == "synthetic" and not os.path.exists(self.source) and self.synthetic:
@@ -350,3 +362,15 @@ def audit(split: Split) -> list[str]:
             if len(present) == 1:
                 problems.append(f"side {name} has {present[0]} images only")
     return problems
+
+
+def image_wise_warning(split: Split) -> str | None:
+    """A plain warning when a patient-wise split is in fact image-wise (every image its own patient: no file
+    name gave a patient id and no CSV said one), or None. Images of one patient may then sit on two sides."""
+    patients = {e.patient for e in split.entries}
+    if split.method != "patient" or len(split.entries) < 2 or len(patients) < len(split.entries):
+        return None
+    return (f"every one of the {len(split.entries)} images is its own patient: no file name gave a patient id "
+            f"(as Kermany's person1000_bacteria_2931.jpeg does) and no CSV column said one, so this split is "
+            f"image-wise and images of one patient may sit on two sides. To split by patient, give --data a CSV "
+            f"with columns path,label,patient_id")

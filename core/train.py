@@ -77,6 +77,8 @@ class TrainConfig:
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"{name}={getattr(self, name)!r} is out of range; see `cxr-edge train --help`")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads={self.threads} must be >= 1; leave it unset to use all cores")
         if self.alpha is not None and not 0 <= self.alpha <= 1:
             raise ValueError(f"alpha={self.alpha} must lie in [0, 1] (or be left unset to use class frequency)")
         if self.cutmix > 0 and self.batch_size % 2:

@@ -251,6 +251,7 @@ class ExportContext:
     work_dir: Path
     onnx_fp32: Path | None = None  # set once the ONNX FP32 file exists (the hub for other targets)
     facts: dict[str, Any] = field(default_factory=dict)
+    left_out: dict[str, Any] = field(default_factory=dict)  # validation images left out as unreadable
 
 
 def parity(reference_logits: np.ndarray, logits: np.ndarray, labels: np.ndarray, threshold: float,
@@ -304,7 +305,11 @@ def predict_batched(predictor: Predictor, x: np.ndarray, batch_size: int = 32) -
 
 
 def calibration_set(split, preprocess, n: int, seed: int = 0) -> np.ndarray:
-    """``n`` normalised images drawn (seeded) from the **training** side only; never val or test."""
+    """``n`` normalised images drawn (seeded) from the **training** side only; never val or test.
+
+    Files the run recorded as unreadable are not drawn; with the split's ``skip_bad`` a file found unreadable
+    now is left out (one image fewer), otherwise it is an error naming the file.
+    """
     from core.data import load_images
 
     train = split.samples("train")
@@ -312,7 +317,9 @@ def calibration_set(split, preprocess, n: int, seed: int = 0) -> np.ndarray:
         raise ExportError("the run's split has no training images to calibrate on")
     rng = np.random.default_rng(seed)
     pick = sorted(rng.choice(len(train), size=min(n, len(train)), replace=False).tolist())
-    images, _, _ = load_images([train[i] for i in pick], preprocess, progress=False)
+    images, _, _ = load_images([train[i] for i in pick], preprocess, skip_bad=split.skip_bad, progress=False)
+    if not len(images):
+        raise ExportError("none of the training images drawn for calibration could be read")
     return preprocess.normalize(images)
 
 

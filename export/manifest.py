@@ -16,8 +16,8 @@ def read_manifest(out_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(out_dir) / MANIFEST
     if not path.exists():
         return []
-    data = io.read_format_json(path, MANIFEST_FORMAT, "move it away and export again, or choose another --out",
-                               ExportError)
+    data = io.read_format_json(path, MANIFEST_FORMAT, f"move it away and export again (`cxr-edge export RUNS --out "
+                               f"{Path(out_dir)}`)", ExportError)
     return list(data.get("artifacts", []))
 
 

@@ -80,7 +80,7 @@ def _export_parallel(runs, fmts, precs, quants, missing, out_dir, verify, earlie
     order = sorted(runs, key=_cost, reverse=True)  # the costliest first, so that no worker is left with it at the end
     names = [f.name for f in fmts]
     args = [(str(r.path), names, precs, quants, missing, str(out_dir), verify,
-             {k: v for k, v in earlier.items() if k[0] == _name(r)}) for r in order]
+             {k: v for k, v in earlier.items() if k[0] == _name(r)}, r.skip_bad) for r in order]
     got: dict[str, list[dict[str, Any]]] = {_name(r): [] for r in runs}
     doing: dict[str, str] = {}
     with _progress(progress, console) as bar:
@@ -114,12 +114,12 @@ def _export_parallel(runs, fmts, precs, quants, missing, out_dir, verify, earlie
 
 def _export_job(run_path: str, fmt_names: list[str], precs: list[str], quants: dict[str, QuantConfig],
                 missing: dict[str, str | None], out_dir: str, verify: bool,
-                earlier: dict[tuple[str, str, str], dict[str, Any]]) -> None:
+                earlier: dict[tuple[str, str, str], dict[str, Any]], skip_bad: bool = False) -> None:
     """One run's artifacts in a worker process; each record goes to the parent as it is made."""
     from core.parallel import send
     from core.runs import load_run
 
-    run = load_run(run_path)
+    run = load_run(run_path, skip_bad)
     fmts = [get_format(n) for n in fmt_names]
     name = _name(run)
     with contextlib.closing(_export_run(run, fmts, precs, quants, missing, Path(out_dir), verify,
@@ -220,15 +220,18 @@ def make_context(run, quant: QuantConfig, work_dir: Path, calibrate: bool = True
 
     split, pre = run.split(), run.preprocess
     model = run.build_model()
-    val = load_sides(split, pre, sides=("val",), progress=False)[0]["val"]
+    sides, found = load_sides(split, pre, sides=("val",), progress=False)
+    val = sides["val"]
     if len(val.labels) == 0:
         raise ExportError(f"the split of {run.path} has no validation images to check the artifacts on")
     val_inputs = pre.normalize(val.images)
     calibration = (calibration_set(split, pre, quant.n_calibration, quant.seed) if calibrate
                    else np.zeros((0, pre.channels, pre.size, pre.size), np.float32))
     reference = predict_batched(TorchPredictor(model), val_inputs)
+    left_out = {"val": split.left_out("val") + len(found), "val_found_unreadable": [p for p, _ in found]}
     return ExportContext(run=run, model=model, calibration=calibration, val_inputs=val_inputs, val_labels=val.labels,
-                         reference_logits=reference, quant=quant, work_dir=work_dir)
+                         reference_logits=reference, quant=quant, work_dir=work_dir,
+                         left_out=left_out if left_out["val"] else {})
 
 
 def export_one(ctx: ExportContext, fmt: Format, precision: str, out_dir: Path, quant: QuantConfig,
@@ -240,6 +243,8 @@ def export_one(ctx: ExportContext, fmt: Format, precision: str, out_dir: Path, q
     record = _identity(run, fmt, precision)
     if fmt.note:
         record["note"] = fmt.note
+    if ctx.left_out:  # validation images the parity check left out: recorded as unreadable, or found so now
+        record["images_left_out"] = ctx.left_out
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{fmt.name}-{precision}-", dir=_mkdir(final.parent)))
     t0 = time.perf_counter()
     try:

@@ -38,10 +38,62 @@ def test_results_doc_quotes_the_result_files(results_dir, tmp_path):
     assert "| resnet18 | 0.981 | 0.997 |" in md  # the paper's figure beside ours
     assert "0.875" in md and "tiny test run" in md and "`just kermany`" in md
     assert "## Reproduce" in md and "size=224" in md  # the GPU variant stands beside the CPU recipe
-    assets = tmp_path / "docs" / "results" / "tiny"
+    assert "from scratch" in md and "on this CPU" not in md and "5,216" not in md
+    assets = tmp_path / "docs" / "RESULTS"  # beside the page, named after it
     for name in ("results.json", "table.csv", "pareto.png", "contact_sheet.png", "fidelity.json", "reproduction.json"):
         assert (assets / name).is_file(), name
-    assert "](results/tiny/pareto.png)" in md
+    assert "](RESULTS/pareto.png)" in md
+    assert "trained on the CPU (" in md and "seed 42" not in md  # the tiny run's own seed, from its record:
+    assert f"seed {json.loads(_run_json(doc).read_text())['config']['seed']})" in md
+
+
+def _run_json(doc):
+    from pathlib import Path
+
+    return Path(next(iter(doc["backbones"].values()))["run"]) / "run.json"
+
+
+def test_each_page_keeps_its_own_assets(results_dir, tmp_path):
+    for page in ("RESULTS.md", "RESULTS-gpu.md"):
+        publish.write_results_doc(results_dir, tmp_path / page, recipe="x")
+    assert (tmp_path / "RESULTS" / "pareto.png").is_file() and (tmp_path / "RESULTS-gpu" / "pareto.png").is_file()
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_gpu_pretrained_record_is_described_as_such(results_dir, tmp_path):
+    """Every statement on how the numbers were made comes from the records: here a GPU run from ImageNet weights."""
+    import shutil
+
+    doc = json.loads((results_dir / "results.json").read_text())
+    run = tmp_path / "runs" / "resnet18"
+    shutil.copytree(_run_json(doc).parent, run)
+    record = json.loads((run / "run.json").read_text())
+    record["config"].update(pretrained=True, seed=7, size=224, epochs=10)
+    record.update(device="cuda:0", init="ImageNet weights from timm's hub", epochs_run=10, wall_seconds=600)
+    record["environment"]["cuda"] = "NVIDIA H100 80GB HBM3"
+    record.setdefault("data", {})["source"] = "/data/chest_xray"
+    record["split"]["counts"] = {"train": {"images": 4000, "patients": 2000}, "val": {"images": 900, "patients": 450},
+                                 "test": {"images": 956, "patients": 470}}
+    (run / "run.json").write_text(json.dumps(record))
+    doc["backbones"]["resnet18"]["run"] = str(run)
+    doc["environment"]["gpu"] = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", "memory_gib": 79.1,
+                                 "count": 1, "cuda": "12.8", "cudnn": 91000}
+    doc["environment"]["settings"]["device"] = "cuda"
+    for row in doc["rows"]:
+        row.update(device="cuda", runtime=row["runtime"].replace("CPU", "CUDA"))
+    gpu = tmp_path / "gpu-results"
+    gpu.mkdir()
+    (gpu / "results.json").write_text(json.dumps(doc))
+    md = publish.write_results_doc(gpu, tmp_path / "docs" / "RESULTS-gpu.md", recipe="just kermany device=cuda").read_text()
+    head = md.split("## The full table")[0]  # the full table lists the host's CPU among the machine's facts
+    text = " ".join(head.split())
+    assert "every backbone starts from ImageNet weights, as in the paper" in text and "224 px images, as in the paper" in text
+    assert "trained on a GPU (NVIDIA H100 80GB HBM3)" in text and "benchmarked on the GPU NVIDIA H100 80GB HBM3" in text
+    assert "of chest_xray (5,856 images: train 4000, val 900, test 956)" in text and "(seed 7)" in text
+    assert "Pareto-optimal on the GPU NVIDIA H100 80GB HBM3" in text
+    for word in ("from scratch", "CPU"):
+        assert word not in head, head[max(0, head.find(word) - 300):head.find(word) + 50]
+    assert "5,216" not in md and "2 CPU cores" not in md
 
 
 def test_int8_rows_say_whether_they_meet_the_budget():

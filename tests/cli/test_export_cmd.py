@@ -42,7 +42,7 @@ def test_help_names_the_options():
     (["--formats", "onnx,tflite"], "format 'tflite' is not known; choose from onnx, openvino, tensorrt, executorch, litert, coreml"),
     (["--precisions", "fp32,int4"], "precision 'int4' is not known; choose from fp32, fp16, int8"),
     (["--calibration", "median"], "calibration 'median' is not known; choose from minmax, entropy, percentile"),
-    (["--n-calibration", "0"], "n_calibration=0 must be >= 1"),
+    (["--n-calibration", "0"], "Invalid value for '--n-calibration'"),  # typer: x>=1
     (["--formats", "onnx", "--accuracy-aware"], "accuracy-aware exists only for OpenVINO"),
 ])
 def test_bad_requests_are_one_clear_line_and_exit_2(tmp_path, args, message):
@@ -82,7 +82,7 @@ def test_a_failed_artifact_exits_1_and_says_so(tmp_path, monkeypatch):
                  "parity": {"n": 10, "max_abs_prob": 0.3, "agreement": 0.5, "auc_change": -0.2}}]
 
     monkeypatch.setattr(export.pipeline, "export_runs", one_failure)
-    monkeypatch.setattr("core.runs.find_runs", lambda paths: [])
+    monkeypatch.setattr("core.runs.find_runs", lambda paths, skip_bad=False: [])
     r = invoke("export", tmp_path / "runs", "--out", tmp_path, "--formats", "onnx", "--no-progress")
     assert r.exit_code == 1, r.output
     text = " ".join(r.output.split())
