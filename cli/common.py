@@ -20,8 +20,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from core.data import DataError
     from core.registry import RegistryError
     from core.runs import RunError
+    from export.base import ExportError
 
-    return (DataError, RunError, RegistryError, ValueError, FileNotFoundError, PermissionError)
+    return (DataError, RunError, RegistryError, ExportError, ValueError, FileNotFoundError, PermissionError)
 
 
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
