@@ -12,6 +12,7 @@ SECTIONS = ("Model details", "Intended use", "Factors", "Metrics", "Evaluation d
 METRIC_NAMES = {"roc_auc": "ROC-AUC", "pr_auc": "PR-AUC", "sensitivity": "sensitivity",
                 "specificity": "specificity", "f1": "F1", "accuracy": "accuracy", "ppv": "precision (PPV)",
                 "precision": "precision (PPV)"}
+METHOD_NAMES = {"youden": "Youden's J (sensitivity + specificity - 1, largest)"}
 
 
 def fmt(x: Any, digits: int = 3) -> str:
@@ -73,9 +74,9 @@ def _intended_use(d: dict[str, Any]) -> list[str]:
 def _factors(d: dict[str, Any]) -> list[str]:
     data = d["source_run"].get("data") or {}
     return [
-        f"- Trained on `{data.get('source') or 'n/a'}` ({data.get('kind') or 'n/a'}). Its figures hold for images "
-        "like those: the patient group (age, e.g. paediatric), scanner, projection and exposure, and the "
-        "prevalence of pneumonia of that set.",
+        f"- Trained on `{data.get('source') or 'n/a'}`" + (f" ({data['kind']})" if data.get("kind") else "")
+        + ". Its figures hold for images like those: the patient group (age), scanner, projection and exposure, "
+        "and the prevalence of pneumonia of that set.",
         "- No subgroup (age, sex, site, device) figures were recorded; performance across such groups is unknown.",
         "- The resize to a square ignores the aspect ratio, as in training; a radiograph framed differently from "
         "the training images is a shift.",
@@ -100,7 +101,8 @@ def _threshold_words(t: dict[str, Any]) -> str:
             is not None else ""
         return (f"chosen on the site's own sample of {t.get('n_images')} images{target} "
                 f"(`{t.get('source_file')}`), not on the training data's validation side")
-    return f"chosen on the validation side ({fmt(t.get('n_images'))} images) by {t.get('method')}, never on test"
+    method = METHOD_NAMES.get(str(t.get("method")), t.get("method"))
+    return f"chosen on the validation side ({fmt(t.get('n_images'))} images) by {method}, never on test"
 
 
 def _eval_data(d: dict[str, Any]) -> list[str]:
@@ -207,7 +209,8 @@ def _caveats(d: dict[str, Any]) -> list[str]:
              "- Feed the model only through `predict.py` (or `cxr-edge predict`): another resize, colour handling "
              "or normalisation changes its outputs."]
     if d["model"]["precision"] != "fp32":
-        lines.append(f"- This is a {d['model']['precision']} model: its outputs differ from the FP32 model's by the "
+        lines.append(f"- This is an {d['model']['precision'].upper()} model: its outputs differ from the FP32 model's "
+                     "by the "
                      "figures above, and its heatmaps (from the FP32 model) may not show its own evidence.")
     if "scratch" in str(d["source_run"].get("init") or ""):
         lines.append("- Trained from scratch (no ImageNet weights): expect it to generalise worse than a "

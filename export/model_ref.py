@@ -201,7 +201,8 @@ def _from_onnx_metadata(path: Path) -> ModelRef:
         raise ModelError(f"{path} carries no cxr-edge metadata ({', '.join(absent)} absent) and no manifest lists "
                          "it: its preprocessing and threshold are unknown. Use an artifact of `cxr-edge export`")
     try:
-        pre, threshold = Preprocess.from_dict(json.loads(meta["cxr_edge.preprocess"])), float(meta["cxr_edge.threshold"])
+        pre = Preprocess.from_dict(json.loads(meta["cxr_edge.preprocess"]))
+        threshold = float(meta["cxr_edge.threshold"])
     except (ValueError, KeyError, TypeError) as err:
         raise ModelError(f"{path}: its cxr-edge metadata cannot be read ({err}); export it again") from None
     src = meta.get("cxr_edge.source_run")
@@ -212,7 +213,8 @@ def _from_onnx_metadata(path: Path) -> ModelRef:
                             "precision": meta["cxr_edge.precision"], "preprocess": pre.to_dict(),
                             "threshold": threshold, "source_run": src, "run_hash": meta.get("cxr_edge.run_hash"),
                             "split_hash": meta.get("cxr_edge.split_hash")},
-                    source_run=source_run_path({"source_run": src}, path.parent), run_hash=meta.get("cxr_edge.run_hash"))
+                    source_run=source_run_path({"source_run": src}, path.parent),
+                    run_hash=meta.get("cxr_edge.run_hash"))
 
 
 def read_bundle(bundle: Path) -> dict[str, Any]:

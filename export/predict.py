@@ -165,7 +165,8 @@ class Summary:
 
 
 def predict_paths(predictor, ref, paths: list[Path], config: PredictConfig,
-                  on_batch: Callable[[Decoded, list[dict[str, Any]]], None] | None = None) -> tuple[list[dict], Summary]:
+                  on_batch: Callable[[Decoded, list[dict[str, Any]]], None] | None = None
+                  ) -> tuple[list[dict[str, Any]], Summary]:
     """Rows for ``paths`` in order and their :class:`Summary`; ``on_batch`` sees each decoded batch with its rows
     (the progress display and the heatmaps use it). ``ref`` is the :class:`~export.model_ref.ModelRef`."""
     rows: list[dict[str, Any]] = []
