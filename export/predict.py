@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,7 @@ def decoded_batches(paths: list[Path], pre: Preprocess, config: PredictConfig) -
     consumer, yielded in order."""
     todo = _batches(paths, config.batch)
     with ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="decode") as pool:
-        pending = deque(pool.submit(decode_batch, b, pre) for b, _ in zip(todo, range(config.prefetch)))
+        pending = deque(pool.submit(decode_batch, b, pre) for b in islice(todo, config.prefetch))
         try:
             while pending:
                 done = pending.popleft().result()

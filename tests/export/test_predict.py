@@ -102,6 +102,18 @@ def test_a_run_an_artifact_file_and_bare_onnx_metadata_agree(artifacts, trained_
     np.testing.assert_allclose(p_file, p_run, atol=1e-4)
 
 
+@pytest.mark.parametrize("batch,workers,prefetch", [(1, 1, 1), (1, 2, 4), (3, 2, 2)])
+def test_every_image_gets_one_row_in_order(batch, workers, prefetch, artifacts, trained_run):
+    """More batches than are decoded ahead: none is lost or reordered on the way through the decode pool."""
+    from export.model_ref import resolve
+
+    paths = image_paths(trained_run) * 2
+    ref = resolve(artifacts, "resnet18/onnx/fp32")
+    probs, rows, _ = _predict(ref, paths, batch=batch, workers=workers, prefetch=prefetch)
+    assert [r["path"] for r in rows] == [str(p) for p in paths]
+    np.testing.assert_array_equal(probs[:len(paths) // 2], probs[len(paths) // 2:])
+
+
 def test_tta_averages_the_core_views(artifacts, trained_run):
     from core.data import Sample, load_images
     from core.tta import tta_probabilities
