@@ -124,4 +124,4 @@ def package(
     files = sorted(p.name for p in bundle.iterdir())
     out.print(f"packaged {ref.model_id} into {bundle}: {', '.join(files)}", highlight=False, soft_wrap=True)
     out.print(f"on the device: pip install -r requirements.txt; python predict.py IMAGES... --out predictions.csv",
-              highlight=False, markup=False)
+              highlight=False, markup=False, soft_wrap=True)
