@@ -142,9 +142,9 @@ def recommend(
     import json
 
     from bench.recommend import as_json as to_json
-    from core.io import json_safe
     from bench.recommend import recommend as pick
     from bench.results_file import read_results
+    from core.io import json_safe
 
     wanted = tuple(f.strip() for f in formats.split(",") if f.strip()) if formats else ()
     rec = pick(read_results(results), budget_ms, device=device, batch=batch, min_sensitivity=min_sensitivity,

@@ -46,8 +46,16 @@ def predict(
     image failed (the others are still predicted).
     """
     from export import model_ref
-    from export.predict import (PredictConfig, Reporter, csv_text, default_workers, list_images, model_info,
-                                predict_paths, write_rows)
+    from export.predict import (
+        PredictConfig,
+        Reporter,
+        csv_text,
+        default_workers,
+        list_images,
+        model_info,
+        predict_paths,
+        write_rows,
+    )
 
     config = PredictConfig(batch=batch, tta=tta, workers=workers or default_workers())
     if out_file is not None and out_file.suffix.lower() not in (".csv", ".json"):
@@ -123,5 +131,5 @@ def package(
                           run_dir=run, force=force)
     files = sorted(p.name for p in bundle.iterdir())
     out.print(f"packaged {ref.model_id} into {bundle}: {', '.join(files)}", highlight=False, soft_wrap=True)
-    out.print(f"on the device: pip install -r requirements.txt; python predict.py IMAGES... --out predictions.csv",
+    out.print("on the device: pip install -r requirements.txt; python predict.py IMAGES... --out predictions.csv",
               highlight=False, markup=False, soft_wrap=True)

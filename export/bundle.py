@@ -69,7 +69,7 @@ def _fill(folder: Path, ref: ModelRef, doc: dict[str, Any]) -> None:
                          "packaging? Package again")
     io.write_json(folder / BUNDLE_FILE, io.json_safe(doc))
     (folder / "MODEL_CARD.md").write_text(model_card(doc))
-    shutil.copyfile(Path(__file__).with_name("bundle_predict.py"), folder / "predict.py")
+    shutil.copy(Path(__file__).with_name("bundle_predict.py"), folder / "predict.py")  # executable, as the source
     (folder / "requirements.txt").write_text(requirements(doc))
 
 
@@ -91,7 +91,7 @@ def _swap(tmp: Path, out: Path) -> None:
 
 def requirements(doc: dict[str, Any]) -> str:
     """numpy and Pillow, and the runtime pinned at the version the artifact was exported and checked with."""
-    runtime, pip = RUNTIMES[doc["model"]["format"]]
+    pip = RUNTIMES[doc["model"]["format"]][1]
     version = (doc.get("versions") or {}).get(pip)
     return ("# what predict.py needs (pydicom too, for DICOM files)\nnumpy>=1.26\npillow>=10\n"
             + (f"{pip}=={version}\n" if version else f"{pip}\n"))

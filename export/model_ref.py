@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from core.preprocess import Preprocess
-from export.base import FORMATS, ExportError
+from export.base import FORMATS
 
 BUNDLE_FILE = "model.json"
 BUNDLE_FORMAT = "cxr-edge-bundle/1"

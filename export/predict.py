@@ -225,7 +225,7 @@ class Reporter:
         self.step, self.next_line = max(1, total // 10), max(1, total // 10)
         self.t0 = time.perf_counter()
 
-    def __enter__(self) -> "Reporter":
+    def __enter__(self) -> Reporter:
         if self.enabled and not self.plain:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

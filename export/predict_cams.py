@@ -77,7 +77,8 @@ class HeatmapWriter:
             name = _unique(Path(row["path"]).stem, self.seen)
             png = self.out_dir / f"{name}.png"
             io.write_atomic(self.out_dir / f"{name}.npy", lambda p, c=cam: _save_npy(p, c))
-            io.write_atomic(png, lambda p, a=self._picture(img, cam): _save_png(p, a))
+            picture = self._picture(img, cam)
+            io.write_atomic(png, lambda p, a=picture: _save_png(p, a))
             row["heatmap"] = str(png)
             self.record["files"].append({"image": row["path"], "png": png.name, "npy": f"{name}.npy"})
 

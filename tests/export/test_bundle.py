@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from export.model_card import SECTIONS, fmt, with_ci
-from tests.export.deploy import FORMATS as EXPORTED, deploy_artifacts, deploy_results, image_paths
+from tests.export.deploy import FORMATS as EXPORTED
+from tests.export.deploy import deploy_artifacts, deploy_results, image_paths
 
 runner = CliRunner()
 PROJECT = ("torch", "core", "export", "bench", "mobile", "cli", "timm", "tests")

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from export.base import FORMATS
-from tests.export.deploy import FORMATS as EXPORTED, bench_probabilities, deploy_artifacts, image_paths
+from tests.export.deploy import FORMATS as EXPORTED
+from tests.export.deploy import bench_probabilities, deploy_artifacts, image_paths
 
 runner = CliRunner()
 
@@ -211,3 +212,15 @@ def test_heatmaps_of_the_fp32_model_labelled_for_a_quantized_artifact(artifacts,
     assert [Path(row["heatmap"]).name for row in rows] == [f"{p.stem}.png" for p in paths]
     r = invoke("predict", artifacts, *paths, "--pick", "resnet18/onnx/int8", "--heatmaps", cams)
     assert r.exit_code == 2 and "not empty" in r.output
+
+    # a layer the run records as chosen (as `cxr-edge fidelity --layer auto` names it) replaces the registry's
+    moved = tmp_path / "run"
+    shutil.copytree(trained_run.path, moved)
+    record = json.loads((moved / "run.json").read_text())
+    record["layer_selection"] = {"layer": "layer3", "method": "hirescam"}
+    (moved / "run.json").write_text(json.dumps(record))
+    r = invoke("predict", artifacts, paths[0], "--pick", "resnet18/onnx/int8", "--heatmaps", tmp_path / "cams2",
+               "--run", moved, "--no-progress")
+    assert r.exit_code == 0, r.output
+    chosen = json.loads((tmp_path / "cams2" / "heatmaps.json").read_text())
+    assert (chosen["layer"], chosen["method"]) == ("layer3", "hirescam") and "has changed since" in chosen["warning"]
