@@ -103,7 +103,7 @@ def requirements(doc: dict[str, Any]) -> str:
 def model_json(ref: ModelRef, *, results: Path | None, evaluation: Path | None, threshold_from: Path | None,
                run_dir: Path | None) -> dict[str, Any]:
     """Everything the bundle says about its model, from the records only."""
-    from export.base import artifact_files
+    from export.base import artifact_files, file_bytes
 
     rec = ref.record
     run = _source_run(ref, run_dir)
@@ -113,7 +113,7 @@ def model_json(ref: ModelRef, *, results: Path | None, evaluation: Path | None, 
         "model": {"id": ref.model_id, "backbone": ref.backbone, "format": ref.format, "precision": ref.precision,
                   "runtime": RUNTIMES[ref.format][0], "timm_id": run.record.get("timm_id")},
         "artifact": {"file": ref.path.name, "files": [f.name for f in artifact_files(ref.path)],
-                     "sha256": ref.sha256, "bytes": rec.get("bytes")},
+                     "sha256": ref.sha256, "bytes": file_bytes(ref.path)},
         "labels": list(LABELS), "output": OUTPUT_TEXT, "preprocess": ref.preprocess.to_dict(),
         "threshold": _validation_threshold(ref, run),
         "source_run": _run_facts(ref, run),
