@@ -35,7 +35,9 @@ setup-mobile: setup
 # two workers took 199 s against 323 s for one process on the 2-core CI machine. Training gains nothing on
 # 2 cores (ViT-B/16 alone on one core takes as long as the six CNNs on the other) but trains each backbone
 # with one torch thread, so the demo's weights do not depend on the machine's core count.
-demo: (train-all "jobs=" + demo_jobs "threads=1") (export "keep_going=1" "n_calibration=128" "jobs=" + demo_jobs) (bench "fast=1" "force=1") table
+# Last, the artifact `cxr-edge recommend` picks within 10 ms (ONNX or OpenVINO) is packaged into bundle/ and the
+# bundle's own predict.py runs on a few test images.
+demo: (train-all "jobs=" + demo_jobs "threads=1") (export "keep_going=1" "n_calibration=128" "jobs=" + demo_jobs) (bench "fast=1" "force=1") table (bundle "force=1")
 
 # train backbones with identical settings (data= size= epochs= backbones= out= jobs= threads=)
 train-all *args:
@@ -104,6 +106,21 @@ recommend *args:
     [ -n "$min_sensitivity" ] && flags+=(--min-sensitivity "$min_sensitivity")
     [ -n "$device" ] && flags+=(--device "$device")
     {{bin}}/cxr-edge recommend "$out" --budget-ms "$budget_ms" --batch "$batch" "${flags[@]}"
+
+# package the ONNX/OpenVINO artifact `cxr-edge recommend` picks within budget_ms= into bundle=, then run the bundle's
+# standalone predict.py on n= images of the test side of runs=/split.json (results= artifacts= force=1)
+bundle *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    results=results/cpu artifacts=artifacts runs={{quote(out)}} budget_ms=10 bundle=bundle n=4 force=0
+    source tools/recipe-args.sh "results artifacts runs budget_ms bundle n force" "$@"
+    pick=$({{bin}}/cxr-edge recommend "$results" --budget-ms "$budget_ms" --formats onnx,openvino --json \
+        | {{bin}}/python -c 'import json, sys; d = json.load(sys.stdin); print(d["pick"] or sys.exit("\n".join(d["lines"])))')
+    flags=(); [ "$force" = 1 ] && flags+=(--force)
+    {{bin}}/cxr-edge package "$artifacts" --pick "$pick" --results "$results" --out "$bundle" "${flags[@]}"
+    test_side='import json, sys; e = json.load(open(sys.argv[1]))["entries"]; t = [x["path"] for x in e if x["side"] == "test"]'
+    mapfile -t images < <({{bin}}/python -c "$test_side; print(chr(10).join(t[:int(sys.argv[2])]))" "$runs/split.json" "$n")
+    {{bin}}/python "$bundle/predict.py" "${images[@]}"
 
 # Grad-CAM heatmaps, overlays and a contact sheet of every run in out= (n= images of the test split, method=)
 gradcam *args:

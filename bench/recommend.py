@@ -27,6 +27,14 @@ class Recommendation:
 BUDGETS_MS = (10.0, 30.0, 100.0)
 
 
+def as_json(rec: Recommendation) -> dict[str, Any]:
+    """The recommendation as one JSON object: ``pick`` (``BACKBONE/FORMAT/PRECISION``, what `cxr-edge package
+    --pick` and `cxr-edge predict --pick` take; None when nothing fits), the rows, counts and explanation."""
+    pick = None if rec.best is None else "/".join(str(rec.best[k]) for k in ("backbone", "format", "precision"))
+    return {"pick": pick, "best": rec.best, "runner_up": rec.runner_up, "candidates": rec.candidates,
+            "excluded": rec.excluded, "lines": rec.lines}
+
+
 def _ok(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
@@ -43,8 +51,9 @@ def describe(r: dict[str, Any], batch: int) -> str:
 
 
 def recommend(doc: dict[str, Any], budget_ms: float, device: str | None = None, batch: int = 1,
-              min_sensitivity: float | None = None) -> Recommendation:
-    """The best ok row of ``doc`` (a results.json document) within the budget; see the module docstring."""
+              min_sensitivity: float | None = None, formats: tuple[str, ...] = ()) -> Recommendation:
+    """The best ok row of ``doc`` (a results.json document) within the budget; see the module docstring.
+    ``formats``: only rows of these formats compete (e.g. ``("onnx", "openvino")`` for what a bundle runs)."""
     if not budget_ms > 0:
         raise ValueError(f"--budget-ms {budget_ms} must be a positive number of milliseconds, e.g. 20")
     if min_sensitivity is not None and not 0 <= min_sensitivity <= 1:
@@ -65,6 +74,14 @@ def recommend(doc: dict[str, Any], budget_ms: float, device: str | None = None, 
         raise ValueError(f"no row was timed at batch {batch}; these results have batch(es) "
                          f"{', '.join(map(str, have))}: pass --batch one of them")
     excluded = {"not ok (failed or skipped)": sum(1 for r in rows if r.get("device") == device) - len(ok)}
+    if formats:
+        unknown = sorted(set(formats) - {r.get("format") for r in rows})
+        if unknown:
+            raise ValueError(f"--formats: these results hold no {', '.join(unknown)} rows (they have "
+                             f"{', '.join(sorted({str(r.get('format')) for r in rows}))})")
+        kept = [r for r in timed if r.get("format") in formats]
+        excluded[f"not {'/'.join(formats)}"] = len(timed) - len(kept)
+        timed = kept
     fast = [r for r in timed if r[key] <= budget_ms]
     excluded[f"slower than {budget_ms:g} ms"] = len(timed) - len(fast)
     cands = fast

@@ -151,16 +151,29 @@ def recommend(
                                                           help="Lowest test sensitivity "
                                                           "allowed (at the validation threshold), e.g. 0.95.")]
     = None,
+    formats: Annotated[str | None, typer.Option("--formats", help="Only rows of these formats, comma-separated "
+                                                "(e.g. onnx,openvino: what a bundle of `cxr-edge package` runs).")]
+    = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead (pick: BACKBONE/FORMAT/"
+                                          "PRECISION for --pick, the rows, the explanation).")] = False,
 ) -> None:
     """The artifact with the best test ROC-AUC inside a latency budget, with its numbers and why.
 
     Exit status 1 when nothing fits (the closest rows are shown).
     """
+    import json
+
+    from bench.recommend import as_json as to_json
     from bench.recommend import recommend as pick
     from bench.results_file import read_results
+    from core.io import json_safe
 
-    rec = pick(read_results(results), budget_ms, device=device, batch=batch, min_sensitivity=min_sensitivity)
-    for line in rec.lines:
+    wanted = tuple(f.strip() for f in formats.split(",") if f.strip()) if formats else ()
+    rec = pick(read_results(results), budget_ms, device=device, batch=batch, min_sensitivity=min_sensitivity,
+               formats=wanted)
+    if as_json:
+        out.file.write(json.dumps(json_safe(to_json(rec)), indent=2, default=str) + "\n")
+    for line in [] if as_json else rec.lines:
         out.print(line, highlight=False, markup=False)
     if rec.best is None:
         raise typer.Exit(1)

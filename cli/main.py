@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import bench_cmd, data_cmd, export_cmd, gradcam_cmd, report_cmd, train_cmd
+from cli import bench_cmd, data_cmd, export_cmd, gradcam_cmd, predict_cmd, report_cmd, train_cmd
 
 app = typer.Typer(
     name="cxr-edge",
@@ -33,6 +33,8 @@ app.command("compare")(bench_cmd.compare)
 app.command("gradcam")(gradcam_cmd.gradcam)
 app.command("fidelity")(gradcam_cmd.fidelity)
 app.command("report")(report_cmd.report)
+app.command("predict")(predict_cmd.predict)
+app.command("package")(predict_cmd.package)
 
 
 if __name__ == "__main__":
