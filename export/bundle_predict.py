@@ -12,7 +12,8 @@ when any failed). The same rows as `cxr-edge predict` on the same artifact.
 
 Images are prepared as the model was trained: 8-bit grayscale (images deeper than 8 bits and DICOM min-max
 scaled, DICOM MONOCHROME1 inverted), resized to the model's size (bilinear, aspect ratio not kept), repeated to
-its channels, scaled to [0, 1] and normalised with its mean and std.
+its channels (histogram-equalised first when model.json's preprocessing says so), scaled to [0, 1] and
+normalised with its mean and std.
 """
 
 from __future__ import annotations
@@ -110,9 +111,15 @@ def prepare(image: Image.Image, pre: dict) -> np.ndarray:
     size, channels = int(pre["size"]), int(pre["channels"])
     if pre.get("resize", "squash") != "squash":
         raise SystemExit(f"model.json asks for resize rule {pre['resize']!r}; this predict.py knows 'squash'")
+    if pre.get("equalize", "none") not in ("none", "histogram"):
+        raise SystemExit(f"model.json asks for equalize rule {pre['equalize']!r}; this predict.py knows 'histogram'")
     gray = image.convert("L") if image.mode != "L" else image
     if gray.size != (size, size):
         gray = gray.resize((size, size), Image.BILINEAR)
+    if pre.get("equalize", "none") == "histogram":  # the recipe's histogram equalisation, as core/preprocess.py
+        from PIL import ImageOps
+
+        gray = ImageOps.equalize(gray)
     return np.repeat(np.asarray(gray, dtype=np.uint8)[:, :, None], channels, axis=2)
 
 

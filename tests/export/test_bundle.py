@@ -194,3 +194,16 @@ def test_an_existing_bundle_is_replaced_only_with_force(artifacts, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
     r = invoke("package", bundle, "--out", tmp_path / "again")
     assert r.exit_code == 2 and "package an exported artifact" in r.output
+
+
+@pytest.mark.parametrize("equalize", ["none", "histogram"])
+def test_standalone_preparation_equals_the_project_preprocessing(equalize):
+    """predict.py re-implements the preprocessing without the project: same bytes, equalisation included."""
+    from PIL import Image
+
+    from core.preprocess import Preprocess
+    from export import bundle_predict
+
+    pre = Preprocess(size=48, equalize=equalize)
+    img = Image.fromarray(np.random.default_rng(1).integers(40, 140, (90, 70), dtype=np.uint8), mode="L")
+    np.testing.assert_array_equal(bundle_predict.prepare(img, pre.to_dict()), pre.image_to_uint8(img))
