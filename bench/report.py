@@ -22,10 +22,11 @@ from core import io
 TABLE_MD, TABLE_CSV, PARETO_PNG = "table.md", "table.csv", "pareto.png"
 
 _IDENTITY = ("backbone", "format", "precision", "device", "runtime", "status")
-_TEXT = {"reason", "error", "warning", "note", "path", "memory_method", "split_hash", "runtime"}
+_TEXT = {"reason", "error", "warning", "note", "path", "memory_method", "split_hash", "runtime", "ci_method"}
 _KNOWN = set(_IDENTITY) | _TEXT | {
     "bytes", "threads", "params_m", "gflops", "threshold", "load_s", "peak_mem_mib", "gpu_peak_mib", "n_test",
-    "n_test_pos", "agreement", "max_abs_prob", "auc_change", "pareto_latency", "pareto_bytes", "unverified_reason",
+    "n_test_pos", "n_test_patients", "agreement", "max_abs_prob", "auc_change", "pareto_latency", "pareto_bytes",
+    "unverified_reason",
 }
 _KNOWN_PATTERN = re.compile(r"^(b\d+_\w+|(accuracy|ppv|sensitivity|specificity|f1|roc_auc|pr_auc)(_lo|_hi)?"
                             r"|(tp|fp|tn|fn)_count)$")

@@ -44,6 +44,7 @@ from bench.accuracy import accuracy_columns, agreement_columns
 from bench.backends import Target, artifact_targets, torch_targets
 from bench.results_file import RESULTS_FORMAT
 from bench.settings import BenchConfig, method_text
+from core.data import known_patients
 
 
 @dataclass
@@ -183,7 +184,8 @@ def bench_backbone(name: str, records: list[dict[str, Any]], artifacts_dir: Path
     if bar is not None:
         bar.update(task, total=len(targets))
     ctx = _Shared(run=run, model=model, inputs=run.preprocess.normalize(test.images), labels=test.labels,
-                  threshold=run.threshold, info=info, config=config, threads=threads)
+                  threshold=run.threshold, info=info, config=config, threads=threads,
+                  patients=known_patients(test.paths, test.patients))
     rows, live = [], []
     for t in targets:
         row, predictor = _load_and_score(t, ctx)
@@ -204,6 +206,7 @@ class _Shared:
     info: dict[str, Any]
     config: BenchConfig
     threads: int
+    patients: list[str] | None = None  # test images' patients, when known: the CIs resample them
     reference_probs: np.ndarray | None = None
     reference_auc: float | None = None
 
@@ -297,7 +300,8 @@ def _load_and_score(t: Target, ctx: _Shared) -> tuple[dict[str, Any], Any]:
             raise ValueError(f"predict returned {logits.shape} logits ({int(np.sum(~np.isfinite(logits)))} "
                              f"non-finite) for {len(ctx.labels)} test images")
         probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-        row.update(accuracy_columns(ctx.labels, probs, ctx.threshold, n_boot=ctx.config.n_boot, seed=ctx.config.seed))
+        row.update(accuracy_columns(ctx.labels, probs, ctx.threshold, n_boot=ctx.config.n_boot, seed=ctx.config.seed,
+                                    patients=ctx.patients))
         if t.reference and ctx.reference_probs is None:
             ctx.reference_probs, ctx.reference_auc = probs, row["roc_auc"]
         row.update(agreement_columns(probs, ctx.reference_probs, row["roc_auc"], ctx.reference_auc, ctx.threshold))

@@ -96,6 +96,14 @@ def patient_id(filename: str) -> str:
     return stem
 
 
+def known_patients(paths: Sequence[str], patients: Sequence[str]) -> list[str] | None:
+    """``patients`` when they say more than the file names do (a Kermany name pattern or a CSV ``patient_id``
+    grouped some images), else None: with every image its own patient, intervals resample images."""
+    if len(paths) != len(patients) or all(p == Path(f).stem for f, p in zip(paths, patients)):
+        return None
+    return list(patients)
+
+
 def _label_of(name: str) -> int | None:
     upper = name.strip().upper()
     return LABELS.index(upper) if upper in LABELS else None
