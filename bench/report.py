@@ -275,7 +275,7 @@ def rich_table(doc: dict[str, Any], compact: bool = False):
     env = doc.get("environment", {})
     title = (f"{doc.get('artifacts')} on {env.get('settings', {}).get('device')} "
              f"({env.get('cpu', {}).get('model')}, {_threads(env)})")
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, caption=f"Pareto (L, B): {choice_text(rows)}")
     for h, _ in cols:
         table.add_column(h, justify="left" if h in ("backbone", "artifact", "runtime", "status") else "right",
                          no_wrap=True)

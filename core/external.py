@@ -82,10 +82,14 @@ def _artifact_scorer(record: dict[str, Any], folder: Path, device: str, threads:
         return f"{name}: {target.skip_reason or 'nothing to load'}"
     if not record.get("source_run"):
         return f"{name}: its manifest record names no source_run, whose split and validation threshold are needed"
-    sha = verify_sha256(folder / record["path"], record.get("sha256"))
+    try:
+        sha = verify_sha256(folder / record["path"], record.get("sha256"))
+        predictor = target.load()
+    except Exception as err:  # a changed file, or one its runtime cannot load: a reason, not a traceback
+        return f"{name}: {type(err).__name__}: {err}"
     artifact = {"format": record["format"], "precision": record["precision"], "path": str(folder / record["path"]),
                 "sha256": sha, "runtime": target.runtime}
-    return Scorer(name, load_run(record["source_run"]), float(record["threshold"]), target.load(),
+    return Scorer(name, load_run(record["source_run"]), float(record["threshold"]), predictor,
                   f"{record['format']} {record['precision']} {sha[:16]}", artifact=artifact)
 
 

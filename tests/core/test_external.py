@@ -209,6 +209,12 @@ def test_an_artifact_outside_any_manifest_is_a_clear_error(ext_onnx, kermany_coh
     shutil.copyfile(ext_onnx / "resnet18" / "onnx-fp32.onnx", lone)
     with pytest.raises(RunError, match="not listed in a manifest.json"):
         evaluate_external([lone], kermany_cohort, n_boot=20, device="cpu")
+    changed = tmp_path / "changed"
+    shutil.copytree(ext_onnx, changed)
+    with open(changed / "resnet18" / "onnx-fp32.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(RunError, match="does not match its manifest record"):
+        evaluate_external([changed / "resnet18" / "onnx-fp32.onnx"], kermany_cohort, n_boot=20, device="cpu")
 
 
 # -------------------------------------------------------------------------------- shift warning
