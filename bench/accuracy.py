@@ -11,13 +11,16 @@ import numpy as np
 METRIC_COLUMNS = {"precision": "ppv"}
 
 
-def accuracy_columns(labels: np.ndarray, probs: np.ndarray, threshold: float, *, n_boot: int, seed: int) -> dict[str, Any]:
+def accuracy_columns(labels: np.ndarray, probs: np.ndarray, threshold: float, *, n_boot: int, seed: int,
+                     patients: list[str] | None = None) -> dict[str, Any]:
     """ROC-AUC, PR-AUC, sensitivity, specificity, F1, accuracy and precision (as ``ppv``: the row's ``precision``
-    is its numeric precision), each with its 95 % CI (``<name>_lo``, ``<name>_hi``), flat."""
+    is its numeric precision), each with its 95 % CI (``<name>_lo``, ``<name>_hi``), flat; the CIs resample
+    ``patients`` when given (``ci_method`` says which)."""
     from core.metrics import summarize
 
-    s = summarize(labels, probs, threshold, n_boot=n_boot, seed=seed)
-    row: dict[str, Any] = {"n_test": s["n"], "n_test_pos": s["n_pos"]}
+    s = summarize(labels, probs, threshold, n_boot=n_boot, seed=seed, patients=patients)
+    row: dict[str, Any] = {"n_test": s["n"], "n_test_pos": s["n_pos"], "n_test_patients": s["n_patients"],
+                           "ci_method": s["ci_method"]}
     for name, m in s["metrics"].items():
         name = METRIC_COLUMNS.get(name, name)
         row[name], row[f"{name}_lo"], row[f"{name}_hi"] = m["value"], m["ci95"][0], m["ci95"][1]

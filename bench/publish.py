@@ -23,6 +23,7 @@ from typing import Any
 
 from bench.compare import changed_picks, factor_words
 from bench.recommend import BUDGETS_MS, describe, recommend
+from bench.report import choice_text
 from bench.report import markdown as table_markdown
 from core import io
 
@@ -396,8 +397,8 @@ def write_results_doc(results_dir: str | Path, out: str | Path, *, recipe: str, 
              "- The GPU variant, as the paper ran it: `just kermany size=224 epochs=10 vit_epochs=10 device=cuda "
              "weights=imagenet doc=docs/RESULTS-gpu.md` (ImageNet weights from timm's hub, so that machine needs to "
              "reach it; `cxr-edge train BACKBONE --weights FILE` takes a local file per backbone instead)."]) + [
-             "", "## What to ship", "", f"Pareto-optimal on {where} (no other artifact has a higher test ROC-AUC at "
-             "a lower p50 latency, batch 1):", ""] + pareto_section(doc) + [
+             "", "## What to ship", "", f"Pareto-optimal on {where} (no other artifact has a higher ROC-AUC at "
+             f"a lower p50 latency, batch 1; {choice_text(doc['rows'])}):", ""] + pareto_section(doc) + [
              "", f"Best artifact inside a latency budget (p50 at batch 1 on {where}; `cxr-edge recommend`):", ""
              ] + budget_section(doc, device=device) + [
              "", "![Pareto plot: test ROC-AUC against p50 latency and against bytes](" + f"{rel}/pareto.png)", "",

@@ -1,10 +1,11 @@
-"""Pick the artifact to ship from benchmark results: the best test ROC-AUC inside a latency budget.
+"""Pick the artifact to ship from benchmark results: the best validation ROC-AUC inside a latency budget.
 
 Candidates are the ok rows measured on the device asked for, at the batch size asked for, whose p50
 latency is within the budget and (optionally) whose test sensitivity is at least a floor. The best
-is the one with the highest test ROC-AUC; ties go to the faster, then the smaller artifact. The
-answer explains itself: the figures of the choice, the runner-up, and how many rows each rule
-excluded, or, when nothing fits, what the closest rows would need.
+is the one with the highest **validation** ROC-AUC (so the choice does not spend the test side; results without
+it fall back to test ROC-AUC and say so, :func:`bench.report.choice_key`); ties go to the faster, then the smaller
+artifact. The figures reported are the test ones. The answer explains itself: the figures of the choice, the
+runner-up, and how many rows each rule excluded, or, when nothing fits, what the closest rows would need.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from bench.report import CHOICE_KEY, choice_key, choice_text
 
 
 @dataclass
@@ -43,7 +46,9 @@ def describe(r: dict[str, Any], batch: int) -> str:
     """One line with the figures that matter for a choice."""
     mb = f"{r['bytes'] / 1e6:.2f} MB" if _ok(r.get("bytes")) else "size n/a"
     spread = r.get(f"b{batch}_spread")
-    return (f"{r['backbone']} {r['format']} {r['precision']} ({r.get('runtime')}): test ROC-AUC {r['roc_auc']:.3f} "
+    val = f"validation ROC-AUC {r['val_roc_auc']:.3f}, " if _ok(r.get("val_roc_auc")) else ""
+    return (f"{r['backbone']} {r['format']} {r['precision']} ({r.get('runtime')}): {val}"
+            f"test ROC-AUC {r['roc_auc']:.3f} "
             f"(95% CI {r['roc_auc_lo']:.3f}-{r['roc_auc_hi']:.3f}), sensitivity {r['sensitivity']:.3f}, specificity "
             f"{r['specificity']:.3f}, p50 {r[f'b{batch}_p50_ms']:.2f} ms at batch {batch}"
             + (f" (±{100 * spread:.0f}% for a repeat)" if _ok(spread) else "")
@@ -88,7 +93,8 @@ def recommend(doc: dict[str, Any], budget_ms: float, device: str | None = None, 
     if min_sensitivity is not None:
         cands = [r for r in fast if r["sensitivity"] >= min_sensitivity]
         excluded[f"sensitivity below {min_sensitivity:g}"] = len(fast) - len(cands)
-    cands.sort(key=lambda r: (-r["roc_auc"], r[key], r.get("bytes") or math.inf))
+    auc = choice_key(rows)
+    cands.sort(key=lambda r: (-r[auc], r[key], r.get("bytes") or math.inf))
     rec = Recommendation(best=cands[0] if cands else None, runner_up=cands[1] if len(cands) > 1 else None,
                          candidates=len(cands), excluded={k: v for k, v in excluded.items() if v})
     where = f"on {device} at batch {batch}"
@@ -112,16 +118,18 @@ def recommend(doc: dict[str, Any], budget_ms: float, device: str | None = None, 
         return rec
     b = rec.best
     rec.lines.append(f"Recommended {where}: {describe(b, batch)}.")
-    why = (f"Why: the highest test ROC-AUC among {len(cands)} row(s) with p50 <= {budget_ms:g} ms"
-           + (f" and sensitivity >= {min_sensitivity:g}" if min_sensitivity is not None else "") + ".")
+    basis = "validation" if auc == CHOICE_KEY else "test"
+    why = (f"Why: the highest {basis} ROC-AUC among {len(cands)} row(s) with p50 <= {budget_ms:g} ms"
+           + (f" and sensitivity >= {min_sensitivity:g}" if min_sensitivity is not None else "")
+           + f" ({choice_text(rows)}).")
     rec.lines.append(why)
     if rec.runner_up:
         r = rec.runner_up
-        gap = b["roc_auc"] - r["roc_auc"]
+        gap = b[auc] - r[auc]
         overlap = r["roc_auc_hi"] >= b["roc_auc_lo"]
-        rec.lines.append(f"Runner-up: {describe(r, batch)}; ROC-AUC {gap:.3f} lower"
-                         + (", inside the recommended row's 95% CI: the two are not clearly different in accuracy, so "
-                            "weigh latency and size too." if overlap else "."))
+        rec.lines.append(f"Runner-up: {describe(r, batch)}; {basis} ROC-AUC {gap:.3f} lower"
+                         + ("; its test ROC-AUC is inside the recommended row's 95% CI: the two are not clearly "
+                            "different in accuracy, so weigh latency and size too." if overlap else "."))
     if _ok(b.get("auc_change")):
         rec.lines.append(f"Against its PyTorch FP32 model: ROC-AUC change {b['auc_change']:+.4f}, decisions agree on "
                          f"{100 * b['agreement']:.1f}% of test images.")

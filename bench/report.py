@@ -1,8 +1,10 @@
 """From results.json to what people read: table.md, table.csv, pareto.png and the terminal table.
 
-Pareto optimality is computed per device over the ok rows, twice: test ROC-AUC against p50 latency at
-batch 1 (``pareto_latency``) and against bytes on disk (``pareto_bytes``). A row is optimal when no
-other row has an ROC-AUC at least as high and a cost at least as low, one of them strictly.
+Pareto optimality is computed per device over the ok rows, twice: ROC-AUC against p50 latency at batch 1
+(``pareto_latency``) and against bytes on disk (``pareto_bytes``). A row is optimal when no other row has an
+ROC-AUC at least as high and a cost at least as low, one of them strictly. The ROC-AUC of that choice is the
+**validation** one (``val_roc_auc``), so that choosing does not spend the test side; the test figures are what
+is reported (:func:`choice_key`; results made before rows carried ``val_roc_auc`` fall back to test, and say so).
 
 Columns that rows carry beyond the ones this module knows (figures added by per-row metric hooks,
 see :data:`bench.runner.ROW_METRICS`) are shown too, after the known ones (:func:`extra_columns`).
@@ -22,10 +24,11 @@ from core import io
 TABLE_MD, TABLE_CSV, PARETO_PNG = "table.md", "table.csv", "pareto.png"
 
 _IDENTITY = ("backbone", "format", "precision", "device", "runtime", "status")
-_TEXT = {"reason", "error", "warning", "note", "path", "memory_method", "split_hash", "runtime"}
+_TEXT = {"reason", "error", "warning", "note", "path", "memory_method", "split_hash", "runtime", "ci_method"}
 _KNOWN = set(_IDENTITY) | _TEXT | {
     "bytes", "threads", "params_m", "gflops", "threshold", "load_s", "peak_mem_mib", "gpu_peak_mib", "n_test",
-    "n_test_pos", "agreement", "max_abs_prob", "auc_change", "pareto_latency", "pareto_bytes", "unverified_reason",
+    "n_test_pos", "n_test_patients", "n_val", "val_roc_auc", "agreement", "max_abs_prob", "auc_change",
+    "pareto_latency", "pareto_bytes", "unverified_reason",
 }
 _KNOWN_PATTERN = re.compile(r"^(b\d+_\w+|(accuracy|ppv|sensitivity|specificity|f1|roc_auc|pr_auc)(_lo|_hi)?"
                             r"|(tp|fp|tn|fn)_count)$")
@@ -46,17 +49,36 @@ def extra_columns(rows: list[dict[str, Any]]) -> list[str]:
     return [k for k, numeric in seen.items() if numeric and any(r.get(k) is not None for r in rows)]
 
 
+#: What the choices (Pareto set, `recommend`, what to ship) rank by, and the words that say so.
+CHOICE_KEY = "val_roc_auc"
+CHOICE_TEXT = "chosen on validation ROC-AUC; figures on test"
+FALLBACK_TEXT = ("chosen on test ROC-AUC: these results hold no validation ROC-AUC (benchmarked before it was "
+                 "scored); bench again to choose on validation")
+
+
+def choice_key(rows: list[dict[str, Any]]) -> str:
+    """``val_roc_auc`` when every ok row with a test ROC-AUC has it, else ``roc_auc`` (older results)."""
+    ok = [r for r in rows if r.get("status") == "ok" and _finite(r.get("roc_auc"))]
+    return CHOICE_KEY if all(_finite(r.get(CHOICE_KEY)) for r in ok) else "roc_auc"
+
+
+def choice_text(rows: list[dict[str, Any]]) -> str:
+    return CHOICE_TEXT if choice_key(rows) == CHOICE_KEY else FALLBACK_TEXT
+
+
 def mark_pareto(rows: list[dict[str, Any]], batch: int = 1) -> None:
-    """Set ``pareto_latency`` and ``pareto_bytes`` on every row (False for rows that are not ok)."""
+    """Set ``pareto_latency`` and ``pareto_bytes`` on every row (False for rows that are not ok), ranking by
+    :func:`choice_key`."""
+    auc = choice_key(rows)
     for key, cost_key in (("pareto_latency", f"b{batch}_p50_ms"), ("pareto_bytes", "bytes")):
         for row in rows:
             row[key] = False
         for device in {r.get("device") for r in rows}:
             pts = [r for r in rows if r.get("device") == device and r.get("status") == "ok"
-                   and _finite(r.get("roc_auc")) and _finite(r.get(cost_key))]
+                   and _finite(r.get(auc)) and _finite(r.get(cost_key))]
             for r in pts:
-                r[key] = not any(o is not r and o["roc_auc"] >= r["roc_auc"] and o[cost_key] <= r[cost_key]
-                                 and (o["roc_auc"] > r["roc_auc"] or o[cost_key] < r[cost_key]) for o in pts)
+                r[key] = not any(o is not r and o[auc] >= r[auc] and o[cost_key] <= r[cost_key]
+                                 and (o[auc] > r[auc] or o[cost_key] < r[cost_key]) for o in pts)
 
 
 def _finite(x: Any) -> bool:
@@ -111,7 +133,7 @@ def _reason(r: dict[str, Any]) -> str:
     return "; ".join(p for p in parts if p)
 
 
-_COMPACT_DROP = ("F1", "p99 ms b1", "params M", "GFLOPs", "b1 / probe")
+_COMPACT_DROP = ("F1", "p99 ms b1", "params M", "GFLOPs", "b1 / probe", "val AUC")
 
 
 def columns(rows: list[dict[str, Any]], batches: list[int], compact: bool = False) -> list[tuple[str, Any]]:
@@ -124,6 +146,7 @@ def columns(rows: list[dict[str, Any]], batches: list[int], compact: bool = Fals
         ("runtime", lambda r: r.get("runtime", "")),
         ("status", lambda r: r["status"]),
         ("ROC-AUC (95% CI)", _auc_cell),
+        ("val AUC", lambda r: _f(r.get("val_roc_auc"), ".3f")),
         ("ΔAUC", lambda r: _f(r.get("auc_change"), "+.4f")),
         ("agree", lambda r: _f(r.get("agreement"), ".3f")),
         ("sens", lambda r: _f(r.get("sensitivity"), ".3f")),
@@ -142,6 +165,8 @@ def columns(rows: list[dict[str, Any]], batches: list[int], compact: bool = Fals
     ]
     if 1 not in batches:
         cols = [c for c in cols if "b1" not in c[0]]
+    if not any(_finite(r.get(CHOICE_KEY)) for r in rows):
+        cols = [c for c in cols if c[0] != "val AUC"]
     if not any(_finite(r.get("b1_rel")) for r in rows):
         cols = [c for c in cols if c[0] != "b1 / probe"]
     if compact:
@@ -213,8 +238,9 @@ def markdown(doc: dict[str, Any]) -> str:
         if _reason(r):
             cells[3] += f" [{notes[_reason(r)]}]"
         out.append("| " + " | ".join(cells) + " |")
-    out += ["", "Pareto: L = no other row on this device has a higher test ROC-AUC at a lower p50 latency (batch 1); "
-            "B = the same against bytes on disk. ΔAUC and agree: against PyTorch eager FP32 of the same run. "
+    out += ["", f"Pareto: L = no other row on this device has a higher ROC-AUC at a lower p50 latency (batch 1); "
+            f"B = the same against bytes on disk ({choice_text(rows)}). val AUC: validation ROC-AUC. "
+            "ΔAUC and agree: against PyTorch eager FP32 of the same run. "
             "±band: the 95% interval for a repeat's p50 on this machine at the speed it ran, from the medians of "
             "rounds timed one after another. b1 / probe: p50 at batch 1 relative to a fixed PyTorch convolution "
             "timed in the same turns (meant to cancel a whole-machine slowdown; it tracks one only roughly).", ""]
@@ -249,7 +275,7 @@ def rich_table(doc: dict[str, Any], compact: bool = False):
     env = doc.get("environment", {})
     title = (f"{doc.get('artifacts')} on {env.get('settings', {}).get('device')} "
              f"({env.get('cpu', {}).get('model')}, {_threads(env)})")
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, caption=f"Pareto (L, B): {choice_text(rows)}")
     for h, _ in cols:
         table.add_column(h, justify="left" if h in ("backbone", "artifact", "runtime", "status") else "right",
                          no_wrap=True)
@@ -324,7 +350,8 @@ def plot(doc: dict[str, Any], path: str | Path) -> Path:
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
         ax.set_xlabel(label)
-        ax.set_ylabel("test ROC-AUC")
+        ax.set_ylabel("test ROC-AUC (frontier: Pareto set chosen on validation ROC-AUC)"
+                      if choice_key(doc["rows"]) == CHOICE_KEY else "test ROC-AUC")
         ax.grid(True, which="both", alpha=0.25)
         if any(r.get(flag) for r in rows):
             ax.legend(loc="lower right", fontsize=8)

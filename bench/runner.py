@@ -6,7 +6,8 @@ For each backbone (in manifest order) the loop
 1. loads the source run of its artifacts, the test side of the run's saved split, and the FP32 model;
    counts parameters and FLOPs once (:func:`bench.cost.model_cost`);
 2. loads each target (:mod:`bench.backends`) while watching peak memory, scores it on the test side
-   at the run's validation threshold (:func:`core.metrics.summarize`, bootstrap 95 % CIs), compares its
+   at the run's validation threshold (:func:`core.metrics.summarize`, bootstrap 95 % CIs), scores its
+   validation ROC-AUC (``val_roc_auc``: what the Pareto set and `recommend` choose by), compares its
    decisions and ROC-AUC with the PyTorch FP32 row, and applies the per-row metric hooks
    (:data:`ROW_METRICS`);
 3. times the loaded targets in ``rounds`` rounds, one after another, each cut into short blocks that take
@@ -42,8 +43,10 @@ import numpy as np
 from bench import cost, latency
 from bench.accuracy import accuracy_columns, agreement_columns
 from bench.backends import Target, artifact_targets, torch_targets
+from bench.report import CHOICE_TEXT
 from bench.results_file import RESULTS_FORMAT
 from bench.settings import BenchConfig, method_text
+from core.data import known_patients
 
 
 @dataclass
@@ -166,7 +169,7 @@ def bench_backbone(name: str, records: list[dict[str, Any]], artifacts_dir: Path
     info: dict[str, Any] = {}
     task = bar.add_task(name, total=None) if bar is not None else None
     try:
-        run, test, model = _prepare(name, records, config, info)
+        run, test, val, model = _prepare(name, records, config, info)
     except Exception as err:
         error = f"could not prepare the run: {type(err).__name__}: {err}"
         info["error"] = error
@@ -183,7 +186,9 @@ def bench_backbone(name: str, records: list[dict[str, Any]], artifacts_dir: Path
     if bar is not None:
         bar.update(task, total=len(targets))
     ctx = _Shared(run=run, model=model, inputs=run.preprocess.normalize(test.images), labels=test.labels,
-                  threshold=run.threshold, info=info, config=config, threads=threads)
+                  threshold=run.threshold, info=info, config=config, threads=threads,
+                  patients=known_patients(test.paths, test.patients),
+                  val_inputs=run.preprocess.normalize(val.images), val_labels=val.labels)
     rows, live = [], []
     for t in targets:
         row, predictor = _load_and_score(t, ctx)
@@ -204,6 +209,9 @@ class _Shared:
     info: dict[str, Any]
     config: BenchConfig
     threads: int
+    patients: list[str] | None = None  # test images' patients, when known: the CIs resample them
+    val_inputs: np.ndarray | None = None  # the validation side, scored for choosing rows (val_roc_auc)
+    val_labels: np.ndarray | None = None
     reference_probs: np.ndarray | None = None
     reference_auc: float | None = None
 
@@ -231,8 +239,8 @@ def _prepare(name: str, records: list[dict[str, Any]], config: BenchConfig, info
                            f"export {', '.join(h[:12] for h in exported_from)}); the FP32 reference is the run as it "
                            "is now: export again")
     split, pre = run.split(), run.preprocess
-    sides, found = load_sides(split, pre, sides=("test",), progress=False)
-    test = sides["test"]
+    sides, found = load_sides(split, pre, sides=("val", "test"), progress=False)
+    test, val = sides["test"], sides["val"]
     if split.left_out("test") or found:  # unreadable test images: recorded by the run, or found now (--skip-bad)
         info["test_images_left_out"] = {"recorded": split.left_out("test"), "found_unreadable": [p for p, _ in found]}
     if len(test.labels) == 0 or len(np.unique(test.labels)) < 2:
@@ -244,7 +252,8 @@ def _prepare(name: str, records: list[dict[str, Any]], config: BenchConfig, info
                 threshold_chosen_on="val", init=run.record.get("init"), epochs_run=run.record.get("epochs_run"),
                 **cost.model_cost(model, pre.size, pre.channels),
                 preprocess_one_image=latency.preprocess_time(test.paths, pre))
-    return run, test, model
+    info.update(n_val=int(len(val.labels)), choice=CHOICE_TEXT)
+    return run, test, val, model
 
 
 def _base_row(t: Target, threads: int) -> dict[str, Any]:
@@ -300,7 +309,9 @@ def _load_and_score(t: Target, ctx: _Shared) -> tuple[dict[str, Any], Any]:
             raise ValueError(f"predict returned {logits.shape} logits ({int(np.sum(~np.isfinite(logits)))} "
                              f"non-finite) for {len(ctx.labels)} test images")
         probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-        row.update(accuracy_columns(ctx.labels, probs, ctx.threshold, n_boot=ctx.config.n_boot, seed=ctx.config.seed))
+        row.update(accuracy_columns(ctx.labels, probs, ctx.threshold, n_boot=ctx.config.n_boot, seed=ctx.config.seed,
+                                    patients=ctx.patients))
+        row.update(_validation_columns(predictor, ctx))
         if t.reference and ctx.reference_probs is None:
             ctx.reference_probs, ctx.reference_auc = probs, row["roc_auc"]
         row.update(agreement_columns(probs, ctx.reference_probs, row["roc_auc"], ctx.reference_auc, ctx.threshold))
@@ -319,6 +330,17 @@ def _load_and_score(t: Target, ctx: _Shared) -> tuple[dict[str, Any], Any]:
     except Exception as err:
         row.update(status="failed", error=_error(err, stage))
         return row, None
+
+
+def _validation_columns(predictor, ctx: _Shared) -> dict[str, Any]:
+    """ROC-AUC on the run's validation side: what the Pareto set and `recommend` choose by (never test)."""
+    from core.metrics import roc_auc_or_nan
+    from export.base import predict_batched
+
+    if ctx.val_inputs is None or len(ctx.val_inputs) == 0:
+        return {"n_val": 0, "val_roc_auc": None}
+    logits = predict_batched(predictor, ctx.val_inputs, ctx.config.accuracy_batch).astype(np.float64)
+    return {"n_val": int(len(ctx.val_labels)), "val_roc_auc": roc_auc_or_nan(ctx.val_labels, logits)}
 
 
 def row_metrics(ctx: RowContext) -> dict[str, Any]:

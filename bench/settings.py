@@ -59,7 +59,8 @@ class BenchConfig:
 def method_text(config: BenchConfig, threads: int) -> str:
     lat = config.latency
     return (f"Accuracy on the test side of each run's saved split at the run's validation threshold; bootstrap "
-            f"95% CIs ({config.n_boot} stratified replicates, seed {config.seed}); agreement and ROC-AUC change "
+            f"95% CIs ({config.n_boot} stratified replicates, seed {config.seed}; patients resampled where the test "
+            f"side's patient ids are known, images otherwise: each row's ci_method); agreement and ROC-AUC change "
             f"against PyTorch eager FP32 of the same run. Latency: predict() on host float32 batches "
             f"{', '.join(map(str, lat.batches))}, {lat.warmup} warm-up calls per batch, then {lat.rounds} rounds "
             f"one after another, each >= {lat.min_iters} calls or {lat.slot_s:.2f} s per batch, cut into {lat.blocks} "

@@ -137,18 +137,36 @@ def train_all(
 
 @friendly
 def evaluate(
-    runs: Annotated[list[Path], typer.Argument(help="Run folders, or a folder of runs (e.g. runs/).")],
-    side: Annotated[str, typer.Option("--split",
-                                      help="Side of the saved split to evaluate: train, val or test.")] = "test",
-    out_file: Annotated[Path | None, typer.Option("--out", "-o", help="JSON report path (default: "
-                                                  "<first run's parent>/evaluate-<side>.json).")] = None,
+    runs: Annotated[list[Path], typer.Argument(help="Run folders, or a folder of runs (e.g. runs/); with --data also "
+                                               "export folders (manifest.json) or artifact files.")],
+    side: Annotated[str, typer.Option("--split", help="Side of the saved split to evaluate: train, val or test "
+                                      "(without --data).")] = "test",
+    data: Annotated[str | None, typer.Option("--data", "-d", help="Outside data to score every model on: a folder "
+                                             "(Kermany layout or NORMAL|PNEUMONIA) or a CSV (path,label"
+                                             "[,patient_id]); figures beside each model's internal test ones.")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", "-o", help="JSON report path (default: <first run's "
+                                                  "parent>/evaluate-<side>.json, with --data evaluate-external.json "
+                                                  "in the current folder).")] = None,
     n_boot: Annotated[int, typer.Option("--n-boot", min=1, help="Bootstrap replicates for the 95% CIs.")] = 1000,
+    tta: Annotated[bool, typer.Option("--tta", help="With --data: average each model's probabilities over the "
+                                      "test-time views of core.tta (identity and four 4% shifts).")] = False,
+    threads: Threads = None,
     device: Device = "auto",
     skip_bad: SkipBadLater = False,
     progress: Progress = True,
 ) -> None:
     """Metrics with bootstrap 95% CIs at each run's validation threshold; with several runs, their
-    ensemble too (mean of probabilities, threshold chosen on validation)."""
+    ensemble too (mean of probabilities, threshold chosen on validation). With --data: the same on an outside
+    data set, beside the internal test figures, with calibration, a local operating point and a shift warning."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    if data is not None:
+        return _evaluate_external(runs, data, out_file or Path("evaluate-external.json"), n_boot, skip_bad, tta,
+                                  threads, device, progress)
+    if tta:
+        raise ValueError("--tta applies to --data (outside data); drop it, or pass --data FOLDER")
     from core import io
     from core.evaluate import evaluate_runs
     from core.runs import find_runs
@@ -199,3 +217,32 @@ def recipes(
     for r in rc.RECIPES.values():
         table.add_row(r.name, r.summary, ", ".join(f"{k}={v}" for k, v in r.settings) or "-")
     out.print(table)
+
+
+def external_table(report: dict) -> Table:
+    """The outside-data table (fits 100 columns): per model and figure, outside [CI], internal test, change."""
+    from rich import box
+
+    from core.external import table_rows
+
+    d = report["data"]
+    table = Table(title=f"{d['n_images']} outside images against each model's internal test side",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    for col, justify in (("model", "left"), ("figure", "left"), ("outside [95% CI]", "right"),
+                         ("int. test", "right"), ("change", "right")):
+        table.add_column(col, justify=justify, no_wrap=True)
+    for row in table_rows(report):
+        table.add_row(*row, end_section=row[1] == "ECE (15 bins)")
+    return table
+
+
+def _evaluate_external(models, data, out_file, n_boot, skip_bad, tta, threads, device, progress) -> None:
+    from core.external import evaluate_external, summary_lines, write_report
+
+    report = evaluate_external(models, data, skip_bad=skip_bad, tta=tta, n_boot=n_boot, device=device,
+                               threads=threads, progress=progress)
+    json_path, png = write_report(report, out_file)
+    out.print(external_table(report))
+    for line in summary_lines(report):
+        out.print(line, highlight=False, soft_wrap=True)
+    out.print(f"report written to {json_path}; reliability diagram {png}")

@@ -11,6 +11,18 @@ Every problem with the user's data raises :class:`DataError`, whose message name
 and says how to fix it; the CLI prints it without a traceback. With ``skip_bad=True`` the
 per-file problems (a non-image file, a missing or undecodable image) are collected as
 ``(path, reason)`` instead, and reported; layout problems are always errors.
+
+Contrast does not depend on how a file was saved: :func:`decode_image` maps every image to 8 bits by its
+bit depth, never by the image's own darkest and brightest pixels.
+
+- 8-bit images are kept as they are; colour images become PIL's luma.
+- 16-bit PNG/TIFF (PIL ``I;16``): ``round(v / 257)``, so ``257 * k`` gives ``k`` and the same picture saved at 8
+  or 16 bits decodes alike (the PNG standard scales samples to the full 16-bit range; ``sBIT`` is ignored).
+- 32-bit integer or float images: negatives become 0, and values are scaled from the smallest of the ranges
+  0..1 (floats only), 0..255, 0..65535, 0..2**32-1 that holds them.
+- DICOM: the modality LUT (rescale slope/intercept) first; then the file's own VOI LUT, or its window
+  centre/width (pydicom ``apply_voi_lut``), mapped from its output range; without either, the range its
+  stored bit depth allows (``BitsStored``, signed or not, through the rescale). MONOCHROME1 is inverted.
 """
 
 from __future__ import annotations
@@ -96,6 +108,14 @@ def patient_id(filename: str) -> str:
         if match:
             return match.group(1)
     return stem
+
+
+def known_patients(paths: Sequence[str], patients: Sequence[str]) -> list[str] | None:
+    """``patients`` when they say more than the file names do (a Kermany name pattern or a CSV ``patient_id``
+    grouped some images), else None: with every image its own patient, intervals resample images."""
+    if len(paths) != len(patients) or all(p == Path(f).stem for f, p in zip(paths, patients)):
+        return None
+    return list(patients)
 
 
 def _label_of(name: str) -> int | None:
@@ -285,13 +305,24 @@ def read_source(source: str | Path, *, skip_bad: bool = False) -> DataSource:
     raise DataError(f"{path} is a file but not a .csv; give a data folder or a CSV with columns path,label")
 
 
-def _to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Min-max scale any numeric array to uint8 (a constant image becomes 0)."""
+def _scale_to_uint8(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Map the fixed range ``lo..hi`` (not the image's own extremes) linearly onto 0..255, clipping outside it."""
     arr = np.asarray(arr, dtype=np.float64)
-    lo, hi = float(arr.min()), float(arr.max())
     if hi <= lo:
-        return np.zeros(arr.shape, np.uint8)
-    return np.round((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+        raise ValueError(f"the value range {lo}..{hi} is empty")
+    return np.round(np.clip((arr - lo) * (255.0 / (hi - lo)), 0, 255)).astype(np.uint8)
+
+
+def _wide_range(arr: np.ndarray) -> tuple[float, float]:
+    """Range of a 32-bit integer or float image: the smallest standard one that holds its values (negatives are
+    clipped to 0): 0..1 for floats at most 1, then 0..255, 0..65535 and 0..2**32-1."""
+    top = float(np.max(arr)) if arr.size else 0.0
+    if arr.dtype.kind == "f" and top <= 1.0:
+        return 0.0, 1.0
+    for hi in (255, 65535):
+        if top <= hi:
+            return 0.0, float(hi)
+    return 0.0, float(2**32 - 1)
 
 
 def _is_dicom(path: Path) -> bool:
@@ -302,9 +333,44 @@ def _is_dicom(path: Path) -> bool:
     return head[128:132] == b"DICM"
 
 
+def _stored_range(ds) -> tuple[float, float]:
+    """The range of values the modality LUT can output, from the stored bit depth (PS3.3 C.11.1, C.11.2.1.2)."""
+    if ds.get("ModalityLUTSequence"):
+        return 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
+    bits = int(getattr(ds, "BitsStored", 0) or getattr(ds, "BitsAllocated", 8))
+    lo, hi = (0, 2**bits - 1) if int(getattr(ds, "PixelRepresentation", 0) or 0) == 0 else \
+        (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    if slope is not None and intercept is not None:
+        ends = sorted((lo * float(slope) + float(intercept), hi * float(slope) + float(intercept)))
+        return ends[0], ends[1]
+    return float(lo), float(hi)
+
+
+def _voi_range(ds) -> tuple[float, float] | None:
+    """The output range of the data set's VOI LUT or window (what ``apply_voi_lut`` maps onto), or None."""
+    voi = ds.get("VOILUTSequence")
+    if voi and voi[0].get("LUTDescriptor") is not None and voi[0].get("LUTData") is not None:
+        descriptor = voi[0].LUTDescriptor
+        return 0.0, float(2 ** int(descriptor[2]) - 1)
+    if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+        return _stored_range(ds)
+    return None
+
+
+def _dicom_gray(ds, arr: np.ndarray) -> np.ndarray:
+    """A monochrome DICOM frame -> uint8: its own VOI LUT or window when present, else its stored bit depth."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    arr = apply_modality_lut(arr, ds)  # rescale slope/intercept or modality LUT, if present
+    voi = _voi_range(ds)
+    if voi is not None:
+        return _scale_to_uint8(apply_voi_lut(arr, ds), *voi)
+    return _scale_to_uint8(arr, *_stored_range(ds))
+
+
 def _decode_dicom(path: Path) -> Image.Image:
     import pydicom
-    from pydicom.pixels import apply_modality_lut
 
     try:
         ds = pydicom.dcmread(path, force=True)
@@ -315,23 +381,33 @@ def _decode_dicom(path: Path) -> Image.Image:
             arr = arr[0]
         if color:  # pixel_array gives RGB for colour data; ITU-R 601 luma, as PIL's convert("L")
             arr = arr[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-        else:
-            arr = apply_modality_lut(arr, ds)  # rescale slope/intercept or modality LUT, if present
     except Exception as err:  # pydicom raises many types for bad or unsupported files
         raise bad_file(f"cannot decode DICOM {path}: {err}") from err
     if arr.ndim != 2:
         raise bad_file(f"DICOM {path} has pixel data of shape {arr.shape}, not one 2-D image")
-    out = _to_uint8(arr)
+    try:
+        out = _scale_to_uint8(arr, 0.0, float(2 ** int(getattr(ds, "BitsStored", 8) or 8) - 1)) if color \
+            else _dicom_gray(ds, arr)
+    except Exception as err:  # a window or LUT pydicom cannot apply (e.g. width 0)
+        raise bad_file(f"cannot decode DICOM {path}: {err}") from err
     if not color and str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         out = 255 - out  # MONOCHROME1: low values are bright
     return Image.fromarray(out, mode="L")
 
 
+def _deep_to_gray(img: Image.Image) -> Image.Image:
+    """A PIL image deeper than 8 bits -> mode ``L`` by its bit depth (module docstring), never by its extremes."""
+    arr = np.array(img)
+    if img.mode.startswith("I;16"):
+        return Image.fromarray(_scale_to_uint8(arr, 0.0, 65535.0), mode="L")  # v / 257: 257 * k -> k exactly
+    return Image.fromarray(_scale_to_uint8(np.maximum(arr, 0), *_wide_range(arr)), mode="L")
+
+
 def decode_image(path: str | Path) -> Image.Image:
     """One image file (PNG, JPEG, BMP, TIFF or DICOM) -> 8-bit grayscale PIL image (mode ``L``).
 
-    DICOM and images deeper than 8 bits (16-bit PNG/TIFF, 32-bit int or float) are min-max scaled
-    to 0..255, so 12-bit data stored in 16 bits is not left dark; MONOCHROME1 is inverted.
+    Deeper data is mapped by its bit depth, not stretched per image (see the module docstring), so the same
+    picture saved at 8 or 16 bits decodes to the same grey levels; MONOCHROME1 is inverted.
     """
     path = Path(path)
     if not path.is_file():
@@ -346,7 +422,7 @@ def decode_image(path: str | Path) -> Image.Image:
             if img.mode == "L":
                 return img.copy()
             if img.mode.startswith("I") or img.mode == "F":
-                return Image.fromarray(_to_uint8(np.array(img)), mode="L")
+                return _deep_to_gray(img)
             return img.convert("L")  # RGB(A), palette, 1-bit: PIL's luma; alpha is dropped
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise bad_file(f"cannot decode {path}: corrupt or not an image ({err})") from err

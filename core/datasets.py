@@ -7,7 +7,7 @@ The one entry point every stage uses: ``resolve_source`` turns "synthetic" or a 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -64,12 +64,14 @@ def split_for(source: DataSource, *, method: str = "patient", seed: int = 42,
 
 @dataclass
 class SideImages:
-    """One side of the split, decoded: uint8 ``N x H x W x C`` images and 0/1 labels."""
+    """One side of the split, decoded: uint8 ``N x H x W x C`` images, 0/1 labels and each image's patient (for
+    intervals that resample patients)."""
 
     name: str
     images: np.ndarray
     labels: np.ndarray
     paths: list[str]
+    patients: list[str] = field(default_factory=list)
 
 
 def load_sides(split: Split, preprocess: Preprocess, *, sides=("train", "val", "test"), skip_bad: bool | None = None,
@@ -85,6 +87,7 @@ def load_sides(split: Split, preprocess: Preprocess, *, sides=("train", "val", "
     for side in sides:
         images, kept, bad = load_images(split.samples(side), preprocess, skip_bad=skip_bad, progress=progress)
         skipped += bad
-        out[side] = SideImages(side, images, np.asarray([s.label for s in kept], np.int64), [s.path for s in kept])
+        out[side] = SideImages(side, images, np.asarray([s.label for s in kept], np.int64), [s.path for s in kept],
+                               [s.patient for s in kept])
     return out, skipped
 

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from core import io
+from core.data import known_patients
 from core.datasets import load_sides
 from core.metrics import choose_operating_point, ensemble_probabilities, summarize
 from core.runs import Run, RunError
@@ -53,9 +54,11 @@ def evaluate_runs(runs: list[Run], side: str = "test", *, n_boot: int = 1000, se
             "run": str(run.path), "backbone": run.record["backbone"], "init": run.record.get("init"),
             "size": pre.size, "epochs_run": run.record.get("epochs_run"),
             "threshold": run.threshold, "threshold_chosen_on": "val",
-            **summarize(sides[side].labels, p_side, run.threshold, n_boot=n_boot, seed=seed),
+            **summarize(sides[side].labels, p_side, run.threshold, n_boot=n_boot, seed=seed,
+                        patients=known_patients(sides[side].paths, sides[side].patients)),
         })
-    labels = next(iter(cache.values()))[side].labels
+    first = next(iter(cache.values()))[side]
+    labels, patients = first.labels, known_patients(first.paths, first.patients)
     report: dict[str, Any] = {
         "side": side, "split_hash": split.hash, "split_method": split.method, "n_images": int(len(labels)),
         "runs": results, "environment": io.environment(),
@@ -69,7 +72,8 @@ def evaluate_runs(runs: list[Run], side: str = "test", *, n_boot: int = 1000, se
         report["ensemble"] = {
             "members": [r.record["backbone"] for r in runs], "method": "mean of probabilities",
             "threshold": op["threshold"], "threshold_chosen_on": "val",
-            **summarize(labels, ensemble_probabilities(probs[side]), op["threshold"], n_boot=n_boot, seed=seed),
+            **summarize(labels, ensemble_probabilities(probs[side]), op["threshold"], n_boot=n_boot, seed=seed,
+                        patients=patients),
         }
     return report
 

@@ -113,6 +113,48 @@ def _stratified_counts(rng: np.random.Generator, n_boot: int, size: int) -> np.n
     return np.bincount(idx.ravel(), minlength=n_boot * size).reshape(n_boot, size).astype(np.float64)
 
 
+def _patient_index(patients: Any, y: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(patient index of each case, class of each patient)`` with a patient's class its highest label, or None
+    when ``patients`` is None. Raises when the ids do not match the cases one to one."""
+    if patients is None:
+        return None
+    ids = np.asarray(patients, dtype=object).reshape(-1)
+    if ids.size != y.size:
+        raise ValueError(f"patients has {ids.size} ids but y_true has {y.size} labels; give one patient id per case")
+    _, index = np.unique(ids.astype(str), return_inverse=True)
+    classes = np.zeros(index.max() + 1, np.int64)
+    np.maximum.at(classes, index, y)
+    return index, classes
+
+
+def ci_method(n_boot: int, by_patient: bool) -> str:
+    """The words every record uses to name how its intervals were made."""
+    unit = "patient" if by_patient else "image"
+    return f"{unit} bootstrap, stratified, {n_boot} replicates"
+
+
+def _resample_weights(rng: np.random.Generator, b: int, y: np.ndarray,
+                      groups: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    """``(b, n)`` draw counts of each case: images stratified by label, or whole patients stratified by class."""
+    if groups is None:
+        weights = np.zeros((b, y.size))
+        for members in (np.flatnonzero(y == 1), np.flatnonzero(y == 0)):
+            weights[:, members] = _stratified_counts(rng, b, members.size)
+        return weights
+    index, classes = groups
+    per_patient = np.zeros((b, classes.size))
+    for members in (np.flatnonzero(classes == 1), np.flatnonzero(classes == 0)):
+        per_patient[:, members] = _stratified_counts(rng, b, members.size)
+    return per_patient[:, index]
+
+
+def _check_boot(n_boot: Any, alpha: float) -> None:
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise ValueError(f"n_boot={n_boot!r} is not allowed; use a positive integer (1000 is usual)")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha={alpha!r} is not allowed; use a level in (0, 1), e.g. 0.05 for a 95 % interval")
+
+
 def bootstrap_ci(
     y_true: Any,
     scores: Any,
@@ -120,27 +162,30 @@ def bootstrap_ci(
     n_boot: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
+    patients: Any = None,
 ) -> dict[str, tuple[float, float]]:
     """Percentile ``1 - alpha`` confidence interval of every metric in :data:`METRICS`.
 
     Resampling is stratified: positives and negatives are resampled separately, keeping their
-    counts, so every replicate has both classes and the AUCs are always defined.
+    counts, so every replicate has both classes and the AUCs are always defined. With ``patients``
+    (one id per case) whole patients are resampled instead, stratified by the patient's class (its
+    highest label): images of one patient are not independent, and an interval that treats them so is
+    too narrow. Without a NORMAL-only patient (every NORMAL image belongs to a PNEUMONIA patient) a
+    replicate could lack NORMAL images, so that raises.
     """
     y, s = _check_inputs(y_true, scores, threshold)
     _require_both_classes(y, "ROC-AUC (and a stratified bootstrap)")
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
-        raise ValueError(f"n_boot={n_boot!r} is not allowed; use a positive integer (1000 is usual)")
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha={alpha!r} is not allowed; use a level in (0, 1), e.g. 0.05 for a 95 % interval")
+    _check_boot(n_boot, alpha)
+    groups = _patient_index(patients, y)
+    if groups is not None and np.unique(groups[1]).size < 2:
+        raise ValueError("a patient bootstrap needs NORMAL-only and PNEUMONIA patients; every patient here has "
+                         "PNEUMONIA images: pass patients=None to resample images")
     rng = np.random.default_rng(seed)
-    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
     chunk = max(1, _CHUNK_CELLS // y.size)
     parts: dict[str, list[np.ndarray]] = {name: [] for name in METRICS}
     for start in range(0, n_boot, chunk):
         b = min(chunk, n_boot - start)
-        weights = np.zeros((b, y.size))
-        weights[:, pos] = _stratified_counts(rng, b, pos.size)
-        weights[:, neg] = _stratified_counts(rng, b, neg.size)
+        weights = _resample_weights(rng, b, y, groups)
         for name, values in _weighted_metrics(weights, y, s, threshold).items():
             parts[name].append(values)
     q = [100 * alpha / 2, 100 * (1 - alpha / 2)]
@@ -151,19 +196,29 @@ def bootstrap_ci(
     return out
 
 
-def summarize(y_true: Any, scores: Any, threshold: float, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """JSON-ready report of one model on one split: metrics with 95 % CIs and the confusion matrix."""
+def summarize(y_true: Any, scores: Any, threshold: float, n_boot: int = 1000, seed: int = 0,
+              patients: Any = None) -> dict[str, Any]:
+    """JSON-ready report of one model on one split: metrics with 95 % CIs and the confusion matrix.
+
+    ``patients`` (one id per case, or None): the CIs resample patients rather than images
+    (:func:`bootstrap_ci`), unless no patient is NORMAL-only; ``ci_method`` names which, as every record must.
+    """
     y, s = _check_inputs(y_true, scores, threshold)
     values = point_metrics(y, s, threshold)
-    cis = bootstrap_ci(y, s, threshold, n_boot=n_boot, seed=seed)
+    groups = _patient_index(patients, y)
+    by_patient = groups is not None and np.unique(groups[1]).size == 2  # else images (bootstrap_ci says why)
+    cis = bootstrap_ci(y, s, threshold, n_boot=n_boot, seed=seed, patients=patients if by_patient else None)
     tn, fp, fn, tp = confusion_matrix(y, (s >= threshold).astype(np.int64), labels=[0, 1]).ravel()
     return {
         "n": int(y.size),
         "n_pos": int(y.sum()),
+        "n_patients": int(groups[1].size) if by_patient else None,
         "threshold": float(threshold),
         "metrics": {name: {"value": values[name], "ci95": list(cis[name])} for name in METRICS},
         "confusion": {"tp": int(tp), "fp": int(fp), "tn": int(tn), "fn": int(fn)},
-        "bootstrap": {"n": int(n_boot), "seed": int(seed), "method": "stratified percentile"},
+        "ci_method": ci_method(n_boot, by_patient),
+        "bootstrap": {"n": int(n_boot), "seed": int(seed), "method": "stratified percentile",
+                      "unit": "patient" if by_patient else "image"},
     }
 
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core import io, registry
+from core.data import known_patients
 from core.datasets import SideImages
 from core.distributed import Dist
 from core.losses import FocalLoss, alpha_from_frequency
@@ -465,7 +466,7 @@ def fit(config: TrainConfig, split: Split, sides: dict[str, SideImages], run_dir
         "split": {"hash": split.hash, "method": split.method, "seed": split.seed, "source": split.source_record(),
                   "file": "split.json", "counts": split.counts()},
         "threshold": {**op, "chosen_on": "val"},
-        "val": summarize(val.labels, val_probs, op["threshold"]),
+        "val": summarize(val.labels, val_probs, op["threshold"], patients=known_patients(val.paths, val.patients)),
         "best_epoch": state["best_epoch"],
         "epochs_run": state["epoch"],
         "stopped_early": state["epoch"] < config.epochs,

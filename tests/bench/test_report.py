@@ -37,6 +37,26 @@ def test_pareto_marks_only_undominated_rows_per_device():
     assert [r["pareto_bytes"] for r in rows] == [True, True, False, True, False]
 
 
+def test_pareto_and_recommend_choose_on_validation_and_report_test():
+    # "a" is better on test, "b" on validation: the choice must follow validation
+    rows = [row("a", "onnx", "fp32", 0.99, 10, 40, val_roc_auc=0.90), row("b", "onnx", "fp32", 0.93, 10, 40,
+                                                                          val_roc_auc=0.95)]
+    report.mark_pareto(rows)
+    assert [r["pareto_latency"] for r in rows] == [False, True]
+    rec = recommend.recommend(doc_of(rows), budget_ms=20)
+    text = "\n".join(rec.lines)
+    assert rec.best["backbone"] == "b" and "chosen on validation ROC-AUC; figures on test" in text
+    assert "validation ROC-AUC 0.950, test ROC-AUC 0.930" in text
+    md = report.markdown(doc_of(rows))
+    assert "chosen on validation ROC-AUC; figures on test" in md and "val AUC" in md
+    # results without validation figures fall back to test, and say so
+    for r in rows:
+        del r["val_roc_auc"]
+    report.mark_pareto(rows)
+    assert [r["pareto_latency"] for r in rows] == [True, False]
+    assert "chosen on test ROC-AUC" in "\n".join(recommend.recommend(doc_of(rows), budget_ms=20).lines)
+
+
 def test_equal_rows_do_not_dominate_each_other():
     rows = [row("a", "onnx", "fp32", 0.9, 10, 40), row("a", "openvino", "fp32", 0.9, 10, 40)]
     report.mark_pareto(rows)

@@ -56,6 +56,14 @@ def test_accuracy_is_on_the_test_side_at_the_validation_threshold(results, bench
     test = bench_run.split().side("test")
     assert r["n_test"] == len(test) and r["threshold"] == bench_run.threshold
     assert r["tp_count"] + r["fn_count"] == r["n_test_pos"]
+    # the synthetic set names 1-3 images per patient: its intervals resample patients
+    assert r["ci_method"] == "patient bootstrap, stratified, 50 replicates"
+    assert r["n_test_patients"] == len({e.patient for e in test}) < len(test)
+    # the validation side is scored too: rows are chosen on it (the Pareto set, recommend)
+    assert r["n_val"] == len(bench_run.split().side("val")) and 0 <= r["val_roc_auc"] <= 1
+    onnx = by(results, "onnx", "fp32")
+    assert onnx["val_roc_auc"] == pytest.approx(r["val_roc_auc"], abs=1e-3)
+    assert results["backbones"]["resnet18"]["choice"] == "chosen on validation ROC-AUC; figures on test"
     info = results["backbones"]["resnet18"]
     assert info["split_hash"] == bench_run.split().hash and info["threshold_chosen_on"] == "val"
     assert info["params_m"] == pytest.approx(11.18, abs=0.05) and info["gflops"] > 0

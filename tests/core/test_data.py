@@ -42,7 +42,8 @@ def class_folders(root: Path) -> Path:
     return root
 
 
-def write_dicom(path: Path, arr: np.ndarray, photometric="MONOCHROME2", slope=None, intercept=None) -> Path:
+def write_dicom(path: Path, arr: np.ndarray, photometric="MONOCHROME2", slope=None, intercept=None,
+                bits_stored=None, window=None) -> Path:
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -58,8 +59,11 @@ def write_dicom(path: Path, arr: np.ndarray, photometric="MONOCHROME2", slope=No
         ds.NumberOfFrames = frames
     ds.Rows, ds.Columns = arr.shape[-2:]
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated = ds.BitsStored = arr.dtype.itemsize * 8
+    ds.BitsAllocated = arr.dtype.itemsize * 8
+    ds.BitsStored = bits_stored or ds.BitsAllocated
     ds.HighBit = ds.BitsStored - 1
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
     ds.PixelRepresentation = 1 if arr.dtype.kind == "i" else 0
     if slope is not None:
         ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
@@ -225,33 +229,66 @@ def test_decode_common_formats(tmp_path):
         assert img.mode == "L" and img.size == (24, 20)
 
 
-def test_decode_16bit_png_is_scaled_not_clipped(tmp_path):
-    arr = np.linspace(1000, 4000, 20 * 24).reshape(20, 24).astype(np.uint16)  # 12-bit data
-    Image.fromarray(arr).save(tmp_path / "deep.png")
-    out = np.asarray(decode_image(tmp_path / "deep.png"))
-    assert out.min() == 0 and out.max() == 255
-    assert np.all(np.diff(out.ravel().astype(int)) >= 0)  # monotonic: order of intensities kept
+GREYS = np.arange(60, 160, dtype=np.uint8).reshape(10, 10)  # a low-contrast picture: grey levels 60-159
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_decode_16bit_matches_8bit_not_stretched(tmp_path, suffix):
+    Image.fromarray(GREYS).save(tmp_path / f"eight{suffix}")
+    Image.fromarray(GREYS.astype(np.uint16) * 257).save(tmp_path / f"sixteen{suffix}")  # the same at 16 bits
+    Image.fromarray((GREYS.astype(np.uint16) << 8) + 200).save(tmp_path / f"shifted{suffix}")  # low byte noise
+    eight = np.asarray(decode_image(tmp_path / f"eight{suffix}")).astype(int)
+    for name in ("sixteen", "shifted"):
+        deep = np.asarray(decode_image(tmp_path / f"{name}{suffix}")).astype(int)
+        assert np.abs(deep - eight).max() <= 1, name
+    assert eight.min() == 60 and eight.max() == 159  # kept, not stretched to 0-255
+
+
+def test_decode_32bit_int_and_float_by_range_not_extremes(tmp_path):
+    Image.fromarray(GREYS.astype(np.int32) * 257, mode="I").save(tmp_path / "int32.tif")
+    Image.fromarray(GREYS.astype(np.float32) / 255, mode="F").save(tmp_path / "float.tif")
+    for name in ("int32.tif", "float.tif"):
+        out = np.asarray(decode_image(tmp_path / name)).astype(int)
+        assert np.abs(out - GREYS).max() <= 1, name
 
 
 def test_decode_dicom_8_and_16_bit_and_monochrome1(tmp_path):
     ramp = np.arange(20 * 24).reshape(20, 24)
     d8 = write_dicom(tmp_path / "a.dcm", (ramp % 256).astype(np.uint8))
-    d16 = write_dicom(tmp_path / "b.dicom", (ramp * 7).astype(np.uint16))
-    mono1 = write_dicom(tmp_path / "c.dcm", (ramp * 7).astype(np.uint16), photometric="MONOCHROME1")
-    signed = write_dicom(tmp_path / "noext", (ramp - 200).astype(np.int16), slope=2.0, intercept=-1024)
+    d16 = write_dicom(tmp_path / "b.dicom", (ramp * 136).astype(np.uint16))
+    mono1 = write_dicom(tmp_path / "c.dcm", (ramp * 136).astype(np.uint16), photometric="MONOCHROME1")
+    signed = write_dicom(tmp_path / "noext", (ramp * 60).astype(np.int16), slope=2.0, intercept=-1024)
     for path in (d8, d16, mono1, signed):
         assert decode_image(path).mode == "L"
+    np.testing.assert_array_equal(np.asarray(decode_image(d8)), ramp % 256)
     a16, a1 = np.asarray(decode_image(d16)), np.asarray(decode_image(mono1))
-    assert (a16[0, 0], a16[-1, -1]) == (0, 255)
-    assert (a1[0, 0], a1[-1, -1]) == (255, 0)  # MONOCHROME1: the lowest value is white
-    np.testing.assert_array_equal(a1, 255 - a16)
-    assert np.asarray(decode_image(signed))[-1, -1] == 255  # found by the DICM magic, no suffix
+    np.testing.assert_array_equal(a16, np.round(ramp * 136 / 257))  # by the 16 stored bits
+    np.testing.assert_array_equal(a1, 255 - a16)  # MONOCHROME1: the lowest value is white
+    lo, hi = -32768 * 2 - 1024, 32767 * 2 - 1024  # the rescaled range of 16 signed stored bits
+    expect = np.round(((ramp * 60 * 2 - 1024) - lo) * 255 / (hi - lo))
+    np.testing.assert_array_equal(np.asarray(decode_image(signed)), expect)  # found by the DICM magic
+
+
+def test_decode_dicom_12_bits_stored_without_window(tmp_path):
+    values = GREYS.astype(np.uint16) * 16  # 8-bit grey levels at 12 bits
+    out = np.asarray(decode_image(write_dicom(tmp_path / "d12.dcm", values, bits_stored=12))).astype(int)
+    assert np.abs(out - GREYS).max() <= 1  # by BitsStored (0..4095), not the image's own 960..2544
+
+
+def test_decode_dicom_applies_its_window(tmp_path):
+    values = np.linspace(0, 4000, 100).reshape(10, 10).astype(np.uint16)
+    path = write_dicom(tmp_path / "w.dcm", values, bits_stored=12, window=(2000, 1001))
+    out = np.asarray(decode_image(path)).astype(int)
+    v = values.astype(float)
+    expect = np.clip(((v - 1999.5) / 1000 + 0.5) * 255, 0, 255)  # PS3.3 C.11.2.1.2 LINEAR, onto 0..255
+    assert np.abs(out - expect).max() <= 1
+    assert out[v <= 1500].max() == 0 and out[v > 2500].min() == 255  # outside the window: black or white
 
 
 def test_decode_multiframe_dicom_takes_first_frame(tmp_path):
-    frames = np.stack([np.tile(np.arange(24, dtype=np.uint16), (20, 1)), np.zeros((20, 24), np.uint16)])
+    frames = np.stack([np.tile(np.arange(24, dtype=np.uint16) * 2000, (20, 1)), np.zeros((20, 24), np.uint16)])
     out = np.asarray(decode_image(write_dicom(tmp_path / "m.dcm", frames)))
-    assert out.shape == (20, 24) and out[0, 0] == 0 and out[0, -1] == 255
+    assert out.shape == (20, 24) and out[0, 0] == 0 and out[0, -1] == round(23 * 2000 / 257)
 
 
 @pytest.mark.parametrize(

@@ -134,7 +134,39 @@ def test_summarize_layout():
     assert set(out["metrics"]) == set(METRICS)
     assert out["metrics"]["accuracy"]["value"] == pytest.approx((c["tp"] + c["tn"]) / 120)
     assert out["metrics"]["roc_auc"]["ci95"] == list(bootstrap_ci(y, s, 0.5, 100, 3)["roc_auc"])
-    assert out["bootstrap"] == {"n": 100, "seed": 3, "method": "stratified percentile"}
+    assert out["bootstrap"] == {"n": 100, "seed": 3, "method": "stratified percentile", "unit": "image"}
+    assert out["ci_method"] == "image bootstrap, stratified, 100 replicates" and out["n_patients"] is None
+
+
+def _clustered(n_patients: int = 40, per_patient: int = 12, seed: int = 0):
+    """Many images per patient whose scores share the patient's own offset (strongly correlated)."""
+    rng = np.random.default_rng(seed)
+    label = np.repeat(np.arange(n_patients) % 2, per_patient)
+    offset = np.repeat(rng.normal(0, 1.5, n_patients), per_patient)
+    logits = 1.0 * (2 * label - 1) + offset + rng.normal(0, 0.2, label.size)
+    patients = np.repeat([f"p{i}" for i in range(n_patients)], per_patient)
+    return label, 1 / (1 + np.exp(-logits)), patients
+
+
+def test_patient_bootstrap_is_wider_on_clustered_data():
+    y, s, patients = _clustered()
+    by_image = summarize(y, s, 0.5, n_boot=400, seed=0)
+    by_patient = summarize(y, s, 0.5, n_boot=400, seed=0, patients=patients)
+    for name in ("roc_auc", "sensitivity", "specificity"):
+        wi = np.diff(by_image["metrics"][name]["ci95"])[0]
+        wp = np.diff(by_patient["metrics"][name]["ci95"])[0]
+        assert wp > 1.5 * wi, (name, wi, wp)
+    assert by_patient["ci_method"] == "patient bootstrap, stratified, 400 replicates"
+    assert by_patient["n_patients"] == 40 and by_patient["bootstrap"]["unit"] == "patient"
+    assert by_patient["metrics"]["roc_auc"]["value"] == by_image["metrics"]["roc_auc"]["value"]
+
+
+def test_patient_bootstrap_checks_ids():
+    y, s, patients = _clustered(6, 3)
+    with pytest.raises(ValueError, match="one patient id per case"):
+        bootstrap_ci(y, s, 0.5, n_boot=10, patients=patients[:-1])
+    with pytest.raises(ValueError, match="NORMAL-only and PNEUMONIA patients"):
+        bootstrap_ci(y, s, 0.5, n_boot=10, patients=["same"] * y.size)
 
 
 def test_youden_hand_case():

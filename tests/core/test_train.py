@@ -103,6 +103,7 @@ def test_fit_writes_a_complete_run_without_pickle(tiny_split, sides, tmp_path):
     p = predict_probs(model, sides["val"], run.preprocess, torch.device("cpu"))
     assert rec["best_epoch"] in (1, 2)
     assert result.record["val"]["n"] == len(p)
+    assert result.record["val"]["ci_method"].startswith("patient bootstrap, stratified")  # synthetic ids are known
 
 
 def _interrupted_run(split, sides, run_dir, monkeypatch, **config):
