@@ -37,6 +37,9 @@ def predict(
                                                 "current one runs (default 2).")] = None,
     run: RunOpt = None,
     force: Force = False,
+    shift_check: Annotated[bool, typer.Option("--shift/--no-shift", help="Compare the images with the source run's "
+                                              "validation and training images (label-free shift warning; needs "
+                                              "the run and at least 20 images).")] = True,
     progress: Progress = True,
 ) -> None:
     """PNEUMONIA probability and decision for each image, at the model's own threshold and preprocessing.
@@ -49,6 +52,7 @@ def predict(
     from export.predict import (
         PredictConfig,
         Reporter,
+        ShiftCheck,
         csv_text,
         default_workers,
         list_images,
@@ -73,10 +77,12 @@ def predict(
     console.print(f"{ref.model_id}: {len(paths)} images, threshold {ref.threshold:.4f} (chosen on "
                   f"{ref.threshold_chosen_on}), preprocessing from {ref.described_by}" + (", TTA" if tta else ""),
                   highlight=False, soft_wrap=True)
+    shift = ShiftCheck(ref, enabled=shift_check)
     with Reporter(len(paths), console, enabled=progress) as rep:
         done = {"n": 0, "failed": 0}
 
         def on_batch(b, rows) -> None:
+            shift.add(b)
             if cams is not None:
                 cams.add(b, rows)
             done["n"] += len(rows)
@@ -89,14 +95,25 @@ def predict(
         where = cams.close()
         console.print(f"heatmaps: {cams.caption}; {where}" + (f" [yellow]{cams.warning}" if cams.warning else ""),
                       highlight=False, soft_wrap=True)
+    shifted = shift.report(rows, progress=progress)
     if out_file is None:
         out.file.write(csv_text(rows, columns))
     else:
-        write_rows(out_file, rows, model_info(ref, tta), summary.to_dict(), columns, force=force)
+        write_rows(out_file, rows, model_info(ref, tta), {**summary.to_dict(), "shift": shifted}, columns, force=force)
     for r in rows:
         if r["error"]:
             console.print(f"[red]failed:[/red] {r['error']}", highlight=False, soft_wrap=True)
     console.print(summary.line() + (f"; wrote {out_file}" if out_file else ""), highlight=False, soft_wrap=True)
+    if "skipped" in shifted:
+        console.print(f"shift check: not run ({shifted['skipped']})", highlight=False, soft_wrap=True)
+    elif shifted["shifted"]:
+        console.print("[yellow]SHIFT: these images look unlike the training data: " + "; ".join(shifted["reasons"])
+                      + ". Check the figures on a labelled sample of this site before trusting the decisions "
+                      "(`cxr-edge evaluate MODEL --data SAMPLE`).", highlight=False, soft_wrap=True)
+    else:
+        console.print(f"shift check: no shift detected against the model's validation images ({shifted['n_images']} "
+                      f"images{'; ' + shifted['notes'][0] if shifted['notes'] else ''})", highlight=False,
+                      soft_wrap=True)
     if summary.failed:
         raise typer.Exit(1)
 

@@ -262,3 +262,46 @@ def model_info(ref, tta: bool) -> dict[str, Any]:
             "preprocess": ref.preprocess.to_dict(), "described_by": ref.described_by, "tta": tta,
             "labels": list(LABELS)}
 
+
+
+MIN_SHIFT_IMAGES = 20  # fewer new images than this give tests too weak to say anything
+
+
+class ShiftCheck:
+    """The label-free shift warning (:mod:`core.shift`) for one ``predict`` call: the new images' probabilities
+    (and, when MODEL is a run, their pooled features) against the source run's validation and training sides.
+
+    Needs the source run (a run, or an artifact whose manifest names it); a bundle alone has no reference."""
+
+    def __init__(self, ref, enabled: bool = True) -> None:
+        self.ref, self.model, self.features = ref, None, []
+        self.skipped = None if enabled else "turned off (--no-shift)"
+        if self.skipped is None and (ref.source_run is None or not Path(ref.source_run).is_dir()):
+            self.skipped = "no source run to compare with (a bundle alone, or the run is not found)"
+        if self.skipped is None and ref.kind == "run":
+            from core.runs import load_run
+
+            self.model = load_run(ref.source_run).build_model()
+
+    def add(self, batch: Decoded) -> None:
+        """Pooled features of a decoded batch, when MODEL is a run (an artifact gives probabilities only)."""
+        if self.model is not None and len(batch.x):
+            from core.shift import pooled_features
+
+            self.features.append(pooled_features(self.model, batch.x))
+
+    def report(self, rows: list[dict[str, Any]], progress: bool = False) -> dict[str, Any]:
+        """``{"shifted", "reasons", "notes", ...}`` of :class:`core.shift.ShiftReport`, or ``{"skipped": why}``."""
+        probs = np.asarray([r["probability"] for r in rows if r["probability"] is not None], np.float64)
+        if self.skipped is None and probs.size < MIN_SHIFT_IMAGES:
+            self.skipped = f"{probs.size} images scored; the check needs at least {MIN_SHIFT_IMAGES}"
+        if self.skipped is not None:
+            return {"skipped": self.skipped}
+        from core.runs import load_run
+        from core.shift import ShiftReference, check_shift, reference_for_run
+
+        ref = reference_for_run(load_run(self.ref.source_run), progress=progress)
+        if self.model is None:
+            ref = ShiftReference(ref.val_probs, self.ref.threshold, ref.run_hash)
+        feats = np.concatenate(self.features) if self.features else None
+        return check_shift(ref, probs, feats).to_dict()

@@ -282,3 +282,33 @@ def test_cli_evaluate_data_prints_a_table_within_100_columns(ext_run, kermany_co
     assert json.loads(out.read_text())["format"] == "cxr-edge-external-eval/1"
     bad = CliRunner().invoke(app, ["evaluate", str(ext_run.path), "--data", str(tmp_path / "nowhere")])
     assert bad.exit_code == 2 and "does not exist" in bad.output and "Traceback" not in bad.output
+
+
+def test_predict_warns_of_shift_on_inverted_images_and_not_on_the_own_test_side(ext_run, tmp_path):
+    """`cxr-edge predict` runs the same label-free check: quiet on the run's held-out images, loud when inverted."""
+    from PIL import Image, ImageOps
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    split = ext_run.split()
+    own = [s.path for s in split.samples("test") + split.samples("val") + split.samples("train")]
+    inverted = tmp_path / "inverted"
+    inverted.mkdir()
+    for i, p in enumerate(own):
+        ImageOps.invert(Image.open(p).convert("L")).save(inverted / f"img{i}.png")
+    quiet = CliRunner().invoke(app, ["predict", str(ext_run.path), *own[: len(ext_run.split().side("test"))],
+                                     "--out", str(tmp_path / "own.json"), "--no-progress"])
+    assert quiet.exit_code == 0, quiet.output
+    doc = json.loads((tmp_path / "own.json").read_text())
+    if len(doc["rows"]) < 20:  # the tiny set's test side: too few for the check, which says so
+        assert "shift check: not run" in quiet.output and "skipped" in doc["summary"]["shift"]
+    else:
+        assert "no shift detected" in quiet.output and not doc["summary"]["shift"]["shifted"]
+    loud = CliRunner().invoke(app, ["predict", str(ext_run.path), str(inverted), "--out", str(tmp_path / "inv.json"),
+                                    "--no-progress"])
+    assert loud.exit_code == 0, loud.output
+    assert "SHIFT: these images look unlike the training data" in " ".join(loud.output.split())
+    assert json.loads((tmp_path / "inv.json").read_text())["summary"]["shift"]["shifted"]
+    off = CliRunner().invoke(app, ["predict", str(ext_run.path), str(inverted), "--no-shift", "--no-progress"])
+    assert "shift check: not run (turned off (--no-shift))" in off.output
