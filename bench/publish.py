@@ -150,6 +150,11 @@ def data_words(runs: dict[str, dict[str, Any]]) -> str:
     """The data set and its images per side, from the runs' records."""
     first = next(iter(runs.values()), {})
     source = (first.get("data") or {}).get("source") or first.get("split", {}).get("source") or ""
+    if isinstance(source, dict):  # a source record (core.split.Split.source_record): kind and path, no machine path
+        if source.get("kind") == "synthetic":
+            source = "the built-in synthetic set/manifest.csv"
+        else:
+            source = source.get("path") or ""
     path = Path(source)
     name = path.parent.name if path.suffix else path.name
     counts = first.get("split", {}).get("counts", {})

@@ -43,7 +43,7 @@ def deploy_results(tmp_path_factory, artifacts: Path) -> Path:
 
 
 def image_paths(run) -> list[Path]:
-    return [Path(e.path) for e in run.split().side("test")]
+    return [Path(s.path) for s in run.split().samples("test")]
 
 
 def bench_probabilities(record: dict, artifacts: Path, run, paths: list[Path]) -> np.ndarray:

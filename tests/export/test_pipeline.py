@@ -81,7 +81,7 @@ def test_calibration_images_come_from_the_training_side_only(trained_run, monkey
 
     monkeypatch.setattr(core.data, "load_images", spy)
     x = base.calibration_set(split, trained_run.preprocess, n=20, seed=0)
-    train = {e.path for e in split.side("train")}
+    train = {s.path for s in split.samples("train")}
     assert len(seen) == len(x) == 20 and set(seen) <= train
     calls = []
     monkeypatch.setattr(pipeline, "calibration_set", lambda *a, **kw: calls.append((a, kw)) or x)
