@@ -30,7 +30,6 @@ setup-mobile: setup
 
 # Artifacts that fail their checks are reported as rows, not a stop. Short settings: INT8 calibrated on 128
 # training images (just export: 300), the benchmark with bench_fast.
-# the main job on the synthetic data: train all seven, export, benchmark every artifact, print the table
 # Two backbones at a time, each in a process pinned to its own core. Export is mostly single-threaded Python:
 # two workers took 199 s against 323 s for one process on the 2-core CI machine. Training gains nothing on
 # 2 cores (ViT-B/16 alone on one core takes as long as the six CNNs on the other) but trains each backbone
@@ -88,7 +87,7 @@ bench *args:
     [ -n "$backbones" ] && flags+=(--backbones "$backbones")
     {{bin}}/cxr-edge bench "$artifacts" --out "${out:-results/$device}" --device "$device" "${flags[@]}"
 
-# print the accuracy-cost table of a benchmark (out=results/cpu)
+# print a benchmark's Pareto-optimal artifacts and best picks in 100 columns (out=results/cpu; all: cxr-edge table --all)
 table *args:
     #!/usr/bin/env bash
     set -euo pipefail

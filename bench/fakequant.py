@@ -10,8 +10,8 @@ artifacts. ``torch.fake_quantize_*`` pass gradients straight through, so Grad-CA
 
 It is a stand-in, not the artifact: runtimes also quantize other operations (Add, pooling) and
 round in their own kernels. NNCF's own PyTorch backend would be the closer twin of the OpenVINO
-INT8 artifacts, but it compiles a C++ extension on first use (minutes on two cores, and it timed
-out on the development machine), so it is not used here.
+INT8 artifacts, but it compiles a C++ extension on first use (minutes on two cores, where it timed
+out), so it is not used here.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Explanation fidelity as columns of every benchmark row (issue: do the deployed model's explanations
-still describe what it does?).
+"""Explanation fidelity as columns of every benchmark row: do the deployed model's explanations still
+describe what it does?
 
 :func:`explanation_fidelity` is a per-row metric hook (:data:`bench.runner.ROW_METRICS`). For each run it
 computes once, on the first ``n`` PNEUMONIA images of the test side (the benchmark's own inputs): the FP32

@@ -9,7 +9,7 @@ the rounds' medians lay apart. Within a round the artifacts take turns in short 
 speed of a shared machine drifts by tens of percent over seconds (measured here: the same ONNX ResNet-18
 at 7.3 ms, then 12.4 ms a minute later), and turns make that drift hit every row of a round alike. The
 rounds themselves follow each other in time, so the drift over the minutes of a benchmark shows in the band
-instead of hiding in it. (Benchmarks before 2026-12-03 interleaved two rounds block by block and stated
+instead of hiding in it. (An earlier scheme interleaved two rounds block by block and stated
 the range of their medians: two near-simultaneous samples, whose range a stable machine's repeat falls
 inside only a third of the time; 16 of 49 rows did on the Kermany runs.)
 

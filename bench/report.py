@@ -98,6 +98,14 @@ def _auc_cell(r: dict[str, Any]) -> str:
     return f"{r['roc_auc']:.3f} ({r['roc_auc_lo']:.3f}-{r['roc_auc_hi']:.3f})"
 
 
+def _short_auc_cell(r: dict[str, Any]) -> str:
+    """``0.983 (.974-.990)``: the ROC-AUC cell of the narrow view."""
+    if not _finite(r.get("roc_auc")):
+        return ""
+    lo, hi = (f"{r[k]:.3f}".removeprefix("0") for k in ("roc_auc_lo", "roc_auc_hi"))
+    return f"{r['roc_auc']:.3f} ({lo}-{hi})"
+
+
 def _latency_cell(r: dict[str, Any], batch: int, figure: str = "p50_ms") -> str:
     """``p50 ±band%`` of a batch size; ``figure="rel"``: the p50 relative to the speed probe and its band."""
     p50 = r.get(f"b{batch}_{figure}")
@@ -133,46 +141,68 @@ def _reason(r: dict[str, Any]) -> str:
     return "; ".join(p for p in parts if p)
 
 
-_COMPACT_DROP = ("F1", "p99 ms b1", "params M", "GFLOPs", "b1 / probe", "val AUC")
+_COMPACT_DROP = ("f1", "p99", "params", "gflops", "probe", "val")
+
+#: The columns of the terminal's default view: it fits 100 characters (`cxr-edge table --columns` picks others).
+SUMMARY_COLUMNS = ("backbone", "artifact", "auc", "sens", "spec", "p50", "mb", "pareto")
 
 
-def columns(rows: list[dict[str, Any]], batches: list[int], compact: bool = False) -> list[tuple[str, Any]]:
-    """(header, cell function) of the readable table; extra columns last. ``compact`` leaves out F1, p99,
-    parameters and GFLOPs (for narrow terminals; table.md and table.csv have them all)."""
+def columns(rows: list[dict[str, Any]], batches: list[int], compact: bool = False) -> list[tuple[str, str, Any]]:
+    """(key, header, cell function) of the readable table; extra columns last, keyed by their row key.
+    ``compact`` leaves out F1, p99, the probe ratio, parameters and GFLOPs (for narrow terminals; table.md and
+    table.csv have them all). The keys name columns for `cxr-edge table --columns`."""
     big = max(batches) if batches else 1
-    cols: list[tuple[str, Any]] = [
-        ("backbone", lambda r: r["backbone"]),
-        ("artifact", lambda r: f"{r['format']} {r['precision']}"),
-        ("runtime", lambda r: r.get("runtime", "")),
-        ("status", lambda r: r["status"]),
-        ("ROC-AUC (95% CI)", _auc_cell),
-        ("val AUC", lambda r: _f(r.get("val_roc_auc"), ".3f")),
-        ("ΔAUC", lambda r: _f(r.get("auc_change"), "+.4f")),
-        ("agree", lambda r: _f(r.get("agreement"), ".3f")),
-        ("sens", lambda r: _f(r.get("sensitivity"), ".3f")),
-        ("spec", lambda r: _f(r.get("specificity"), ".3f")),
-        ("F1", lambda r: _f(r.get("f1"), ".3f")),
-        ("p50 ms b1 (±band)", lambda r: _latency_cell(r, 1) if 1 in batches else ""),
-        ("b1 / probe", lambda r: _latency_cell(r, 1, "rel")),
-        ("p99 ms b1", lambda r: _f(r.get("b1_p99_ms"), ".2f")),
-        (f"p50 ms b{big}", lambda r: _latency_cell(r, big)),
-        ("img/s (best batch)", _best_ips),
-        ("MB", lambda r: _f((r.get("bytes") or math.nan) / 1e6, ".2f")),
-        ("params M", lambda r: _f(r.get("params_m"), ".2f")),
-        ("GFLOPs", lambda r: _f(r.get("gflops"), ".3f")),
-        ("mem MiB", lambda r: _f(r.get("peak_mem_mib"), ".0f")),
-        ("Pareto", _pareto_cell),
+    cols: list[tuple[str, str, Any]] = [
+        ("backbone", "backbone", lambda r: r["backbone"]),
+        ("artifact", "artifact", lambda r: f"{r['format']} {r['precision']}"),
+        ("runtime", "runtime", lambda r: r.get("runtime", "")),
+        ("status", "status", lambda r: r["status"]),
+        ("auc", "ROC-AUC (95% CI)", _auc_cell),
+        ("val", "val AUC", lambda r: _f(r.get("val_roc_auc"), ".3f")),
+        ("dauc", "ΔAUC", lambda r: _f(r.get("auc_change"), "+.4f")),
+        ("agree", "agree", lambda r: _f(r.get("agreement"), ".3f")),
+        ("sens", "sens", lambda r: _f(r.get("sensitivity"), ".3f")),
+        ("spec", "spec", lambda r: _f(r.get("specificity"), ".3f")),
+        ("f1", "F1", lambda r: _f(r.get("f1"), ".3f")),
+        ("p50", "p50 ms b1 (±band)", lambda r: _latency_cell(r, 1) if 1 in batches else ""),
+        ("probe", "b1 / probe", lambda r: _latency_cell(r, 1, "rel")),
+        ("p99", "p99 ms b1", lambda r: _f(r.get("b1_p99_ms"), ".2f")),
+        ("p50big", f"p50 ms b{big}", lambda r: _latency_cell(r, big)),
+        ("ips", "img/s (best batch)", _best_ips),
+        ("mb", "MB", lambda r: _f((r.get("bytes") or math.nan) / 1e6, ".2f")),
+        ("params", "params M", lambda r: _f(r.get("params_m"), ".2f")),
+        ("gflops", "GFLOPs", lambda r: _f(r.get("gflops"), ".3f")),
+        ("mem", "mem MiB", lambda r: _f(r.get("peak_mem_mib"), ".0f")),
+        ("pareto", "Pareto", _pareto_cell),
     ]
     if 1 not in batches:
-        cols = [c for c in cols if "b1" not in c[0]]
+        cols = [c for c in cols if c[0] not in ("p50", "probe", "p99")]
     if not any(_finite(r.get(CHOICE_KEY)) for r in rows):
-        cols = [c for c in cols if c[0] != "val AUC"]
+        cols = [c for c in cols if c[0] != "val"]
     if not any(_finite(r.get("b1_rel")) for r in rows):
-        cols = [c for c in cols if c[0] != "b1 / probe"]
+        cols = [c for c in cols if c[0] != "probe"]
     if compact:
         cols = [c for c in cols if c[0] not in _COMPACT_DROP]
-    cols += [(_EXTRA_HEADERS.get(k, k), lambda r, k=k: _extra_cell(r.get(k))) for k in extra_columns(rows)]
+    cols += [(k, _EXTRA_HEADERS.get(k, k), lambda r, k=k: _extra_cell(r.get(k))) for k in extra_columns(rows)]
     return cols
+
+
+def select_columns(cols: list[tuple[str, str, Any]], keys: list[str] | tuple[str, ...]) -> list[tuple[str, str, Any]]:
+    """The columns named by ``keys``, in that order; an unknown key is an error listing the known ones."""
+    by_key = {c[0]: c for c in cols}
+    unknown = [k for k in keys if k not in by_key]
+    if unknown:
+        raise ValueError(f"--columns: {', '.join(unknown)} is not a column of these results; choose from "
+                         f"{', '.join(by_key)}")
+    return [by_key[k] for k in keys]
+
+
+def parse_columns(text: str) -> list[str]:
+    """``"backbone, auc,p50"`` -> ``["backbone", "auc", "p50"]``; an empty list is an error."""
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    if not keys:
+        raise ValueError(f"--columns {text!r} names no column; give them comma-separated, e.g. backbone,artifact,auc")
+    return keys
 
 
 #: Short headers of the columns that hooks add (table.csv keeps the keys themselves).
@@ -232,9 +262,9 @@ def markdown(doc: dict[str, Any]) -> str:
     notes = note_numbers(rows)
     out = [f"# Benchmark: {doc.get('artifacts')}", "", doc.get("method", ""), ""]
     out += [f"- {line}" for line in environment_lines(doc)]
-    out += ["", "| " + " | ".join(h for h, _ in cols) + " |", "|" + "---|" * len(cols)]
+    out += ["", "| " + " | ".join(h for _, h, _ in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        cells = [str(fn(r)).replace("|", "\\|") for _, fn in cols]
+        cells = [str(fn(r)).replace("|", "\\|") for _, _, fn in cols]
         if _reason(r):
             cells[3] += f" [{notes[_reason(r)]}]"
         out.append("| " + " | ".join(cells) + " |")
@@ -263,34 +293,107 @@ def csv_text(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def rich_table(doc: dict[str, Any], compact: bool = False):
-    """The table for the terminal (`cxr-edge table`); ``compact`` for narrow terminals (see :func:`columns`)."""
+def rich_table(doc: dict[str, Any], compact: bool = False, keys: list[str] | tuple[str, ...] | None = None,
+               rows: list[dict[str, Any]] | None = None, title: str | None = None, narrow: bool = False):
+    """The table for the terminal (`cxr-edge table`): every row and column by default; ``keys`` picks columns
+    (see :func:`columns`), ``rows`` a subset of the rows, ``compact`` drops the wide columns for narrow
+    terminals, ``narrow`` puts two spaces between columns instead of three and shortens the p50 header."""
     from rich import box
     from rich.markup import escape
     from rich.table import Table
 
-    rows, batches = doc["rows"], batches_of(doc)
-    cols = columns(rows, batches, compact)
-    notes = note_numbers(rows)
-    env = doc.get("environment", {})
-    title = (f"{doc.get('artifacts')} on {env.get('settings', {}).get('device')} "
-             f"({env.get('cpu', {}).get('model')}, {_threads(env)})")
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, caption=f"Pareto (L, B): {choice_text(rows)}")
-    for h, _ in cols:
-        table.add_column(h, justify="left" if h in ("backbone", "artifact", "runtime", "status") else "right",
+    rows = doc["rows"] if rows is None else rows
+    cols = columns(doc["rows"], batches_of(doc), compact)
+    if keys is not None:
+        cols = select_columns(cols, keys)
+    notes = note_numbers(doc["rows"])
+    table = Table(title=title or _title(doc), box=box.SIMPLE_HEAD, pad_edge=False,
+                  padding=(0, 1, 0, 0) if narrow else (0, 1), show_edge=not narrow,
+                  caption=f"Pareto (L, B): {choice_text(doc['rows'])}")
+    if narrow:
+        cols = [(key, _NARROW_HEADERS.get(key, header), _NARROW_CELLS.get(key, fn)) for key, header, fn in cols]
+    for key, header, _ in cols:
+        table.add_column(header, justify="left" if key in ("backbone", "artifact", "runtime", "status") else "right",
                          no_wrap=True)
     style = {"ok": "green", "failed": "bold red", "skipped": "yellow"}
-    pareto = [h for h, _ in cols].index("Pareto")
+    at = {key: i for i, (key, _, _) in enumerate(cols)}
     for i, r in enumerate(rows):
-        cells = [escape(str(fn(r))) for _, fn in cols]
-        if _reason(r):
-            cells[3] += f" [{notes[_reason(r)]}]"
-        cells[3] = f"[{style.get(r['status'], '')}]{cells[3]}"
-        if r.get("pareto_latency") or r.get("pareto_bytes"):
-            cells[pareto] = f"[bold cyan]{cells[pareto]}"
+        cells = [escape(str(fn(r))) for _, _, fn in cols]
+        if "status" in at:
+            if _reason(r):
+                cells[at["status"]] += f" [{notes[_reason(r)]}]"
+            cells[at["status"]] = f"[{style.get(r['status'], '')}]{cells[at['status']]}"
+        if "pareto" in at and (r.get("pareto_latency") or r.get("pareto_bytes")):
+            cells[at["pareto"]] = f"[bold cyan]{cells[at['pareto']]}"
         last = i + 1 == len(rows) or rows[i + 1]["backbone"] != r["backbone"]
-        table.add_row(*cells, end_section=last and i + 1 < len(rows))
+        table.add_row(*cells, end_section=not narrow and last and i + 1 < len(rows))
     return table
+
+
+#: Shorter headers of the narrow view (its footer says that the ± is a band and the batch is 1).
+_NARROW_HEADERS = {"p50": "p50 ms b1"}
+#: Shorter cells of the narrow view.
+_NARROW_CELLS = {"auc": _short_auc_cell, "mb": lambda r: _f((r.get("bytes") or math.nan) / 1e6, ".1f")}
+
+
+def _title(doc: dict[str, Any]) -> str:
+    env = doc.get("environment", {})
+    return (f"{doc.get('artifacts')} on {env.get('settings', {}).get('device')} "
+            f"({env.get('cpu', {}).get('model')}, {_threads(env)})")
+
+
+# ------------------------------------------------------------------------------ terminal summary
+
+
+def pareto_rows(doc: dict[str, Any], batch: int = 1) -> list[dict[str, Any]]:
+    """The ok rows on a Pareto frontier (latency or bytes), per device, fastest first."""
+    front = [r for r in doc["rows"] if r.get("status") == "ok" and (r.get("pareto_latency") or r.get("pareto_bytes"))]
+    return sorted(front, key=lambda r: (str(r.get("device")), r.get(f"b{batch}_p50_ms") or math.inf))
+
+
+def summary_table(doc: dict[str, Any], keys: list[str] | tuple[str, ...] | None = None):
+    """The Pareto-optimal rows with the columns that fit 100 characters (:data:`SUMMARY_COLUMNS`)."""
+    available = {c[0] for c in columns(doc["rows"], batches_of(doc))}
+    keys = keys or [k for k in SUMMARY_COLUMNS if k in available]
+    return rich_table(doc, keys=keys, rows=pareto_rows(doc), title="Pareto-optimal: " + _title(doc), narrow=True)
+
+
+#: What the narrow view's figures mean, under its table.
+SUMMARY_LEGEND = "p50 ±: 95% band for a repeat's p50 (batch 1). Pareto: best ROC-AUC for its latency (L), size (B)."
+
+
+def pick_lines(doc: dict[str, Any], batch: int = 1) -> list[str]:
+    """One short line per device and latency budget of :data:`bench.recommend.BUDGETS_MS`: the artifact
+    `cxr-edge recommend` picks there (best test ROC-AUC within the budget), or the fastest when none fits."""
+    from bench.recommend import BUDGETS_MS, recommend
+
+    key = f"b{batch}_p50_ms"
+    devices = sorted({str(r.get("device")) for r in doc["rows"] if r.get("status") == "ok"})
+    lines = []
+    for device in devices:
+        lines.append(f"Best test ROC-AUC within a p50 budget at batch {batch} on {device} (cxr-edge recommend):")
+        for budget in BUDGETS_MS:
+            try:
+                best = recommend(doc, budget, device=device, batch=batch).best
+            except ValueError as err:
+                lines.append(f"  {budget:g} ms: {err}")
+                continue
+            if best is None:
+                timed = [r for r in doc["rows"] if r.get("device") == device and r.get("status") == "ok"
+                         and _finite(r.get(key))]
+                fastest = min(timed, key=lambda r: r[key]) if timed else None
+                lines.append(f"  {budget:g} ms: nothing fits" + (f" (fastest: {_short(fastest, key)})" if fastest
+                                                                  else ""))
+                continue
+            lines.append(f"  {budget:g} ms: {_short(best, key)}")
+    return lines
+
+
+def _short(r: dict[str, Any], key: str) -> str:
+    """A row in a few words: name, test ROC-AUC, p50 and size."""
+    auc = f"ROC-AUC {r['roc_auc']:.3f}" if _finite(r.get("roc_auc")) else "ROC-AUC n/a"
+    mb = f", {r['bytes'] / 1e6:.1f} MB" if _finite(r.get("bytes")) else ""
+    return f"{r['backbone']} {r['format']} {r['precision']}, {auc}, p50 {r[key]:.2f} ms{mb}"
 
 
 # ---------------------------------------------------------------------------------------- plot

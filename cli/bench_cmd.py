@@ -90,7 +90,7 @@ def bench(
         fidelity_hook.reset()
     write_results(out_dir, doc)
     paths = report.write_reports(doc, out_dir)
-    _print(doc)
+    _print(doc, out_dir)
     out.print(f"results: {out_dir / 'results.json'}; " + ", ".join(str(p) for p in paths))
     counts = {s: sum(r["status"] == s for r in doc["rows"]) for s in ("ok", "skipped", "failed")}
     console.print(f"{counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed rows in "
@@ -114,14 +114,28 @@ def _left_out(name: str, info: dict) -> str | None:
             f"{info.get('n_test')} others")
 
 
-def _print(doc) -> None:
-    """The table, its numbered notes and the environment; a file or pipe gets the full width."""
+def _print(doc, folder: Path, every_row: bool = False, keys: list[str] | None = None) -> None:
+    """The Pareto-optimal rows and the picks under 10, 30 and 100 ms in 100 columns, then where the full table
+    is; ``every_row`` prints every row (with every column unless ``keys`` names some) and its notes. A file or
+    pipe gets 100 columns for the short view and the full width for every row or column."""
     from rich.console import Console
 
     from bench import report
 
-    con = out if out.is_terminal else Console(width=400)
-    con.print(report.rich_table(doc, compact=con.width < 200))
+    wide = every_row or keys is not None
+    con = out if out.is_terminal else Console(width=400 if wide else 100)
+    if not every_row:
+        con.print(report.summary_table(doc, keys))
+        con.print(report.SUMMARY_LEGEND, highlight=False, markup=False, style="dim")
+        for line in report.pick_lines(doc):
+            con.print(line, highlight=False, markup=False)
+        counts = {s: sum(r["status"] == s for r in doc["rows"]) for s in ("ok", "skipped", "failed")}
+        for line in (f"{counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed rows.",
+                     f"Full table: {folder / report.TABLE_MD} (and {report.TABLE_CSV})",
+                     f"Every row, with reasons and environment: cxr-edge table {folder} --all"):
+            con.print(line, highlight=False, markup=False)
+        return
+    con.print(report.rich_table(doc, compact=keys is None and con.width < 200, keys=keys))
     for reason, i in report.note_numbers(doc["rows"]).items():
         con.print(f"[{i}] {reason}", highlight=False, markup=False)
     for line in report.environment_lines(doc):
@@ -132,11 +146,22 @@ def _print(doc) -> None:
 def table(
     results: Annotated[Path, typer.Argument(help="Results folder (or its results.json) from `cxr-edge bench`.")]
     = Path("results/cpu"),
+    every_row: Annotated[bool, typer.Option("--all", help="Every row, every column (unless --columns), the "
+                                            "reasons of skipped and failed rows and the environment.")] = False,
+    columns: Annotated[str | None, typer.Option("--columns", help="Comma-separated columns to show, e.g. "
+                                                "backbone,artifact,auc,p50,mem (an unknown name lists them all).")]
+    = None,
 ) -> None:
-    """Print the accuracy-cost table of a benchmark in the terminal, with its environment."""
+    """Print a benchmark in the terminal: by default the Pareto-optimal artifacts and the best under 10, 30 and
+    100 ms, in 100 columns; --all and --columns show the rest (all of it is in table.md and table.csv)."""
+    from bench import report
     from bench.results_file import read_results
 
-    _print(read_results(results))
+    doc = read_results(results)
+    keys = report.parse_columns(columns) if columns is not None else None
+    if keys is not None:
+        report.select_columns(report.columns(doc["rows"], report.batches_of(doc)), keys)  # fail before printing
+    _print(doc, results if results.is_dir() else results.parent, every_row=every_row, keys=keys)
 
 
 @friendly

@@ -178,7 +178,7 @@ def _lesions(rng: np.random.Generator, anat: dict, x: np.ndarray, y: np.ndarray)
     A fine mottle scales each opacity between 0.55 and 1.45 of its smooth intensity, and 2-4 dark tubes run
     from the densest point (air bronchograms). Generator v4 drew the opacities smooth; a model could then
     find them by the absence of normal lung texture, evidence that Grad-CAM's positive maps cannot show
-    (README, "Grad-CAM and explanation fidelity"). Masks and placement are those of the smooth opacities.
+    (docs/findings/gradcam-localisation.md). Masks and placement are those of the smooth opacities.
     """
     total, mask = _opacities(rng, anat, x, y)
     if not mask.any():

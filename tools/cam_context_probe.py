@@ -6,7 +6,7 @@ CAM peaks move onto the lesion when they are blanked?
 METHOD as in tools/cam_sweep.py. On N PNEUMONIA test images: (1) every corner box where the generator draws
 the marker and which holds one (brighter than the ring around it by 30 grey levels) is set to that ring's
 median; (2) the outer 8 px frame is set to its median. For each, the mean p(PNEUMONIA) before and after and the
-pointing game (9 px) before and after. Figures in README "Grad-CAM and explanation fidelity".
+pointing game (9 px) before and after. Figures in docs/findings/gradcam-localisation.md.
 """
 import sys
 

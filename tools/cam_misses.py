@@ -5,7 +5,7 @@
 METHOD as in tools/cam_sweep.py (gradcam, hirescam, xgrad, ...). Re-renders each of N PNEUMONIA test images'
 opacity with the generator (same seeds) and prints the pointing game, the hit rate if any pixel within 9 px
 of the peak had the opacity at a given share of its peak, and for every miss its distance to the mask and
-its peak (row, col). Figures in README "Grad-CAM and explanation fidelity" (the 4000-image runs).
+its peak (row, col). Figures in docs/findings/gradcam-localisation.md (the 4000-image runs).
 """
 import json
 from pathlib import Path

@@ -9,7 +9,7 @@ refine-{gc,pp,hr,lc} (RefineCAM over Grad-CAM / Grad-CAM++ / HiResCAM / LayerCAM
 backbone's three stage outputs below (0 = two before the last, 2 = the last), default 1. Every map is taken at
 the input resolution; the pointing game uses N PNEUMONIA test images and a 9 px tolerance; "sanity rho" is the
 mean Spearman correlation with the maps of the copy randomized from the last stage on (passes below 0.5).
-Figures in README "Grad-CAM and explanation fidelity" (the 2000-image runs).
+Figures in docs/findings/gradcam-localisation.md (the 2000-image runs).
 """
 import sys
 import time

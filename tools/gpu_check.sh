@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The checks of one session on a lent GPU machine, in one call (docs/gpu.md holds the figures it gave):
+# The GPU checks, in one call on a CUDA machine (docs/findings/gpu.md holds the figures they gave):
 #
 #   tools/gpu_check.sh OUT [BUDGET_S] [full|tiny] [all|grid]
 #
 # 1. environment (GPU, library versions); 2. the two synthetic sets (4000 images at 128 and at 224 px), with
 # `pytest -m gpu` beside them; 3. ResNet-18 trained alone at 128 px and at 224 px (training speed, bf16 autocast
 # and channels-last); 4. the 128 px run exported to ONNX FP32/FP16/INT8 and benchmarked with `--device cuda`
-# (PyTorch eager FP32/FP16/BF16, the same as CUDA graphs); 5. issue 5's grid, several jobs at a time on the one
+# (PyTorch eager FP32/FP16/BF16, the same as CUDA graphs); 5. the localisation grid, several jobs at a time on the one
 # GPU: the six CNNs at 224 px (4 epochs, seeds 42, 1-5, one seed of all six after another), each job training
 # one backbone and then running `cxr-edge fidelity --method auto`; 6. the bench again with `--compile`, in the
 # time left. `grid` runs 1, 2 (no tests) and 5 alone.
@@ -122,7 +122,7 @@ if [ "$phases" != grid ]; then
     fi
 fi
 
-# 5. issue 5's grid: the six CNNs at 224 px, 4 epochs (ResNet-18 pointed 0.99 there on the CPU, seed 42)
+# 5. the localisation grid: the six CNNs at 224 px, 4 epochs (ResNet-18 pointed 0.99 there on the CPU, seed 42)
 log "grid"
 for seed in 42 1 2 3 4 5; do
     for b in resnet18 resnet50 densenet121 efficientnet_b0 mobilenetv2_100 mobilenetv3_large_100; do

@@ -5,7 +5,7 @@
 On N PNEUMONIA test images of RUN (9 px tolerance): the pointing game of the signed map M = sum over channels of
 gradient x activation at LAYER, of -M ("what argues for NORMAL") and |M|; of zeroing one cell of LAYER's grid at
 a time (the drop of the logit); and of occluding 1/8-image patches with the image mean (stride 1/16 image).
-Figures in README "Grad-CAM and explanation fidelity".
+Figures in docs/findings/gradcam-localisation.md.
 """
 import sys
 

@@ -40,8 +40,11 @@ def test_results_doc_quotes_the_result_files(results_dir, tmp_path):
     assert "## Reproduce" in md and "size=224" in md  # the GPU variant stands beside the CPU recipe
     assert "from scratch" in md and "on this CPU" not in md and "5,216" not in md
     assets = tmp_path / "docs" / "RESULTS"  # beside the page, named after it
-    for name in ("results.json", "table.csv", "pareto.png", "contact_sheet.png", "fidelity.json", "reproduction.json"):
-        assert (assets / name).is_file(), name
+    sources = {"results.json": results_dir / "results.json", "table.csv": results_dir / "table.csv",
+               "pareto.png": results_dir / "pareto.png", "contact_sheet.png": sheet, "fidelity.json": fid,
+               "reproduction.json": rep}
+    for name, source in sources.items():  # the very files the page quotes, copied unchanged
+        assert (assets / name).read_bytes() == source.read_bytes(), name
     assert "](RESULTS/pareto.png)" in md
     assert "trained on the CPU (" in md and "seed 42" not in md  # the tiny run's own seed, from its record:
     assert f"seed {json.loads(_run_json(doc).read_text())['config']['seed']})" in md
@@ -56,7 +59,9 @@ def _run_json(doc):
 def test_each_page_keeps_its_own_assets(results_dir, tmp_path):
     for page in ("RESULTS.md", "RESULTS-gpu.md"):
         publish.write_results_doc(results_dir, tmp_path / page, recipe="x")
-    assert (tmp_path / "RESULTS" / "pareto.png").is_file() and (tmp_path / "RESULTS-gpu" / "pareto.png").is_file()
+    plot = (results_dir / "pareto.png").read_bytes()
+    assert (tmp_path / "RESULTS" / "pareto.png").read_bytes() == (tmp_path / "RESULTS-gpu" / "pareto.png").read_bytes()
+    assert (tmp_path / "RESULTS" / "pareto.png").read_bytes() == plot
     assert not (tmp_path / "results").exists()
 
 

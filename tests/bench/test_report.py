@@ -96,8 +96,11 @@ def test_plot_writes_a_png(tmp_path):
 
 
 def test_plot_without_ok_rows_still_writes(tmp_path):
+    from PIL import Image
+
     path = report.plot(doc_of([]), tmp_path / "p.png")
-    assert path.stat().st_size > 0
+    with Image.open(path) as im:  # a readable PNG of the figure's size (15 x 5.6 in at 120 dpi)
+        assert im.format == "PNG" and im.size == (1800, 672)
 
 
 def test_rich_table_renders(capsys):
@@ -108,6 +111,58 @@ def test_rich_table_renders(capsys):
     Console(width=250).print(report.rich_table(doc_of(rows)))
     text = capsys.readouterr().out
     assert "0.950 (0.930-0.970)" in text and "del AUC" in text
+
+
+def wide_rows():
+    """Rows as wide as real ones get: the longest backbone names, big files, slow rows, wide bands, hook columns;
+    within a backbone the first row is faster, smaller and more accurate than the rest."""
+    names = ("mobilenetv3_large_100", "vit_base_patch16_224", "efficientnet_b0", "densenet121")
+    kinds = (("pytorch", "fp32"), ("openvino", "int8"), ("executorch", "int8"), ("onnx", "fp16"))
+    rows = [row(name, fmt, precision, 0.9 + 0.02 * i - 0.003 * j, 0.9 * 4.2 ** i * (1 + j), 85.83 * (i + 1) + j,
+                b1_spread=1.04, b1_rel=12.3, b1_rel_spread=0.5, deletion_auc=0.1, cam_agreement=0.9, sanity_ok=True)
+            for i, name in enumerate(names) for j, (fmt, precision) in enumerate(kinds)]
+    rows.append(row("resnet50", "tensorrt", "fp16", math.nan, math.nan, 1, status="skipped", reason="no GPU " * 30))
+    report.mark_pareto(rows)
+    return rows
+
+
+def test_summary_fits_100_columns_in_full():
+    from rich.console import Console
+
+    rows = wide_rows()
+    console = Console(width=100, record=True, file=io.StringIO())
+    console.print(report.summary_table(doc_of(rows)))
+    console.print(report.SUMMARY_LEGEND)
+    for line in report.pick_lines(doc_of(rows)):
+        console.print(line)
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 100
+    assert "…" not in text  # nothing cut to fit
+    front = [r for r in rows if r["pareto_latency"] or r["pareto_bytes"]]
+    assert 0 < len(front) < len(rows) - 1
+    for r in rows[:-1]:  # the Pareto rows, each with its whole ROC-AUC cell; no other ok row
+        assert (report._short_auc_cell(r) in text) == (r in front), r
+    assert "10 ms: " in text and "30 ms: " in text and "100 ms: " in text and "no GPU" not in text
+
+
+def test_pick_lines_name_the_recommended_row_or_the_fastest():
+    rows = ROWS[:4]
+    lines = report.pick_lines(doc_of(rows))
+    assert lines[1] == "  10 ms: mid onnx int8, ROC-AUC 0.940, p50 8.00 ms, 6.0 MB"
+    assert lines[3].startswith("  100 ms: big onnx fp32")
+    slow = report.pick_lines(doc_of([row("big", "onnx", "fp32", 0.97, 400, 90)]))
+    assert slow[1] == "  10 ms: nothing fits (fastest: big onnx fp32, ROC-AUC 0.970, p50 400.00 ms, 90.0 MB)"
+
+
+def test_columns_are_chosen_by_key():
+    rows = wide_rows()
+    cols = report.columns(rows, [1])
+    assert [c[0] for c in report.select_columns(cols, ["mem", "backbone"])] == ["mem", "backbone"]
+    with pytest.raises(ValueError, match="nope is not a column.*backbone, artifact.*deletion_auc"):
+        report.select_columns(cols, ["backbone", "nope"])
+    assert report.parse_columns(" backbone, p50 ,") == ["backbone", "p50"]
+    with pytest.raises(ValueError, match="names no column"):
+        report.parse_columns(" , ")
 
 
 # ------------------------------------------------------------------------------------- recommend

@@ -28,7 +28,7 @@ def test_bench_table_recommend_and_no_silent_overwrite(clean_artifacts, tmp_path
     r = invoke("bench", clean_artifacts, "--out", out, *FAST)
     assert r.exit_code == 0, r.output
     assert {p.name for p in out.iterdir()} >= {"results.json", "table.csv", "table.md", "pareto.png"}
-    assert "4 ok, 0 skipped, 0 failed" in r.output and "onnxruntime CPU" in r.output
+    assert "4 ok, 0 skipped, 0 failed" in r.output and "10 ms: resnet18" in r.output
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert len(rows) == 4
     assert all(0 <= r["deletion_auc"] <= 1 and isinstance(r["sanity_ok"], bool) for r in rows)  # fidelity columns
@@ -37,13 +37,36 @@ def test_bench_table_recommend_and_no_silent_overwrite(clean_artifacts, tmp_path
     again = invoke("bench", clean_artifacts, "--out", out, *FAST)
     assert again.exit_code == 2 and "already exists" in again.output and "--force" in again.output
 
-    t = invoke("table", out)
+    t = invoke("table", out, "--all")
     assert t.exit_code == 0 and "ROC-AUC (95% CI)" in t.output and "CPU:" in t.output
+    assert "onnxruntime CPU" in t.output
 
     rec = invoke("recommend", out, "--budget-ms", 1e6)
     assert rec.exit_code == 0 and rec.output.startswith("Recommended on cpu at batch 1: resnet18")
     none = invoke("recommend", out, "--budget-ms", 1e-6)
     assert none.exit_code == 1 and "No artifact fits" in none.output
+
+
+def test_table_fits_100_columns_and_shows_the_rest_on_request(tmp_path):
+    """The default view (the end of `just demo`) fits 100 columns in a pipe; --all and --columns give the rest."""
+    from bench.results_file import write_results
+    from tests.bench.test_report import doc_of, wide_rows
+
+    write_results(tmp_path, doc_of(wide_rows()))
+    t = invoke("table", tmp_path)
+    assert t.exit_code == 0, t.output
+    assert max(len(line) for line in t.output.splitlines()) <= 100 and "…" not in t.output
+    assert "Pareto-optimal" in t.output and "  10 ms: " in t.output and "100 ms: " in t.output
+    assert f"Full table: {tmp_path / 'table.md'}" in t.output and "--all" in t.output
+    assert "no GPU" not in t.output and "CPU:" not in t.output
+    every = invoke("table", tmp_path, "--all")
+    assert every.exit_code == 0 and "skipped [1]" in every.output and "[1] no GPU" in every.output
+    assert "CPU: test cpu" in every.output and "resnet50" in every.output and "del AUC" in every.output
+    picked = invoke("table", tmp_path, "--columns", "backbone,mem,deletion_auc", "--all")
+    header = next(line for line in picked.output.splitlines() if line.lstrip().startswith("backbone"))
+    assert header.split() == ["backbone", "mem", "MiB", "del", "AUC"]
+    bad = invoke("table", tmp_path, "--columns", "backbone,nope")
+    assert bad.exit_code == 2 and "nope is not a column" in bad.output and "Traceback" not in bad.output
 
 
 def test_bad_input_is_one_clear_line(tmp_path):

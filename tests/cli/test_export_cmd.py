@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from export.base import Format
+from export.base import Format, file_sha256
 from tests.export.conftest import tiny_run
 
 runner = CliRunner()
@@ -68,7 +68,8 @@ def test_formats_all_exports_onnx_and_lists_tensorrt_as_skipped(run_dir, tmp_pat
     assert {(r["format"], r["status"]) for r in records} == {("onnx", "ok"), ("openvino", "skipped"),
                                                              ("tensorrt", "skipped"), ("executorch", "skipped"),
                                                              ("litert", "skipped"), ("coreml", "skipped")}
-    assert (out / "resnet18" / "onnx-fp32.onnx").is_file()
+    onnx_rec = next(r for r in records if r["format"] == "onnx")
+    assert file_sha256(out / "resnet18" / "onnx-fp32.onnx") == onnx_rec["sha256"]  # the file the record describes
 
 
 def test_a_failed_artifact_exits_1_and_says_so(tmp_path, monkeypatch):

@@ -147,7 +147,8 @@ def test_parity_failure_leaves_nothing_in_place_and_says_why(onnx_ctx, tmp_path,
     rec = export_one(onnx_ctx, FORMATS["onnx"], "fp32", out, quant, verify=False)
     assert rec["status"] == "ok" and rec["verified"] is False and "beyond tolerance" in rec["warning"]
     assert rec["warning"].endswith("Kept because of --no-verify")
-    assert (out / "resnet18/onnx-fp32.onnx").exists()
+    kept = out / "resnet18/onnx-fp32.onnx"
+    assert rec["path"] == "resnet18/onnx-fp32.onnx" and rec["sha256"] == base.file_sha256(kept)
 
 
 def test_a_missing_backend_is_a_skipped_row_with_its_reason(trained_run, tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+import shutil
 
 import numpy as np
 import pytest
@@ -159,7 +160,12 @@ def test_coreml_package_is_converted_and_checked_structurally(tiny, tmp_path, pr
     assert facts["metadata"]["cxr_edge.precision"] == precision
     assert file_bytes(dest) == sum(f.stat().st_size for f in dest.rglob("*") if f.is_file()) > 0
     digest = file_sha256(dest)
-    assert digest == file_sha256(dest) and len(digest) == 64
+    moved = tmp_path / "elsewhere" / dest.name
+    shutil.copytree(dest, moved)
+    assert len(digest) == 64 and file_sha256(moved) == digest  # over relative paths: the package can move
+    inner = next(f for f in sorted(moved.rglob("*")) if f.is_file())
+    inner.write_bytes(inner.read_bytes() + b"\0")
+    assert file_sha256(moved) != digest  # and any file's bytes count
 
 
 @_skip_without("coreml")
