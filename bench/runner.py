@@ -278,9 +278,12 @@ def _load_and_score(t: Target, ctx: _Shared) -> tuple[dict[str, Any], Any]:
     if t.skip_reason or t.load is None:
         row.update(status="skipped", reason=t.skip_reason or "nothing to load")
         return row, None
-    stage = "load"
+    stage = "checksum"
     predictor = None
     try:
+        if t.check is not None:
+            t.check()
+        stage = "load"
         biggest = latency.make_batch(ctx.inputs, max(ctx.config.latency.batches))
         t0 = time.perf_counter()
         with cost.PeakMemory() as mem, cost.GpuPeak() as gpu:
