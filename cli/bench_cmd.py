@@ -55,6 +55,7 @@ def bench(
     Accuracy on the test side of each run's saved split at its validation threshold (95% bootstrap
     CIs), agreement with FP32; latency percentiles and throughput per batch size; parameters, GFLOPs,
     bytes and peak memory. A failing artifact is a failed row with its error; the loop goes on.
+    Exit status 1 when no row is ok (the results are written all the same).
     """
     from bench import fidelity_hook, report
     from bench.latency import LatencyConfig, parse_batches
@@ -91,6 +92,11 @@ def bench(
     counts = {s: sum(r["status"] == s for r in doc["rows"]) for s in ("ok", "skipped", "failed")}
     console.print(f"{counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed rows in "
                   f"{doc['seconds']:.0f} s")
+    if not counts["ok"]:
+        console.print(f"[bold red]error:[/bold red] no row is ok ({counts['failed']} failed, {counts['skipped']} "
+                      f"skipped): nothing was measured. Each row's error or reason is in the notes above and in "
+                      f"{out_dir / 'results.json'}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 def _print(doc) -> None:
