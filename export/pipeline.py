@@ -67,8 +67,7 @@ def export_runs(runs: Sequence, out_dir: str | Path, formats: Sequence[Format | 
             with contextlib.closing(_export_run(run, fmts, precs, quants, missing, out_dir, verify, starting,
                                                 earlier)) as done:
                 for record in done:
-                    records.append(record)
-                    write_manifest(out_dir, [record])
+                    records.append(commit(out_dir, record))
                     bar.advance(task)
     return records
 
@@ -91,8 +90,7 @@ def _export_parallel(runs, fmts, precs, quants, missing, out_dir, verify, earlie
             if kind == "start":
                 doing[name] = f"{name} {payload}"
             else:
-                got[name].append(payload)
-                write_manifest(out_dir, [payload])
+                got[name].append(commit(out_dir, payload))
                 bar.advance(task)
                 if len(got[name]) == len(fmts) * len(precs):
                     doing.pop(name, None)
@@ -233,7 +231,10 @@ def make_context(run, quant: QuantConfig, work_dir: Path, calibrate: bool = True
 
 def export_one(ctx: ExportContext, fmt: Format, precision: str, out_dir: Path, quant: QuantConfig,
                verify: bool = True) -> dict[str, Any]:
-    """Build, load, compare, then move into place; any error becomes a "failed" record."""
+    """Build, load and compare; any error becomes a "failed" record.
+
+    An ok artifact is left in a temporary folder beside its final place (the record's ``_staged``): :func:`commit`
+    puts it in place together with its manifest record."""
     run = ctx.run
     rel = artifact_name(run.record["backbone"], fmt, precision)
     final = out_dir / rel
@@ -241,7 +242,7 @@ def export_one(ctx: ExportContext, fmt: Format, precision: str, out_dir: Path, q
     if fmt.note:
         record["note"] = fmt.note
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{fmt.name}-{precision}-", dir=_mkdir(final.parent)))
-    t0 = time.perf_counter()
+    t0, staged = time.perf_counter(), False
     try:
         module = importlib.import_module(fmt.module)
         if fmt.name in HUB_USERS and not _try_hub(ctx):
@@ -266,14 +267,65 @@ def export_one(ctx: ExportContext, fmt: Format, precision: str, out_dir: Path, q
                 if verify:
                     raise ParityError(message)
                 record["warning"] = message
-        _move_into_place(tmp / final.name, final)
-        record.update(status="ok", path=rel, bytes=file_bytes(final), sha256=file_sha256(final))
+        built = tmp / final.name
+        record.update(status="ok", path=rel, bytes=file_bytes(built), sha256=file_sha256(built), _staged=str(built))
+        staged = True
     except Exception as err:
         record.update(status="failed", error=f"{type(err).__name__}: {err}")
         record.setdefault("export_seconds", round(time.perf_counter() - t0, 3))
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not staged:
+            shutil.rmtree(tmp, ignore_errors=True)
     return record
+
+
+def commit(out_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Write one record into ``out_dir/manifest.json`` and, for a newly built artifact, put its file(s) in place,
+    as one step: when the manifest cannot be written the new file(s) are removed and an earlier artifact they
+    were replacing is put back, so no file is left on disk that the manifest does not describe."""
+    staged = record.pop("_staged", None)
+    if staged is None:
+        write_manifest(out_dir, [record])
+        return record
+    built, final = Path(staged), Path(out_dir) / record["path"]
+    aside = _set_aside(final)
+    try:
+        _move_into_place(built, final)
+        write_manifest(out_dir, [record])
+    except BaseException as err:
+        _remove_artifact(final)
+        for old, original in aside:
+            os.replace(old, original)
+        if isinstance(err, OSError):
+            raise ExportError(f"could not write {Path(out_dir) / 'manifest.json'} ({err}); {final} was not kept and "
+                              f"the artifact that was there (if any) is back: make {out_dir} writable or export "
+                              "to another --out") from err
+        raise
+    finally:
+        shutil.rmtree(built.parent, ignore_errors=True)
+    for old, _ in aside:
+        _remove_artifact(old)
+    return record
+
+
+def _set_aside(final: Path) -> list[tuple[Path, Path]]:
+    """Rename the files of an artifact already at ``final`` to hidden names beside it: (hidden, original) pairs."""
+    if final.is_dir():
+        present = [final]
+    else:
+        present = [f for f in artifact_files(final) if f.exists()]
+    pairs = [(f.with_name(f".old-{os.getpid()}-{f.name}"), f) for f in present]
+    for hidden, original in pairs:
+        os.replace(original, hidden)
+    return pairs
+
+
+def _remove_artifact(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for f in artifact_files(path):
+        f.unlink(missing_ok=True)
 
 
 def parity_message(ctx: ExportContext, record: dict[str, Any], f: dict[str, Any], verify: bool = True) -> str:
@@ -307,22 +359,14 @@ def _try_hub(ctx: ExportContext) -> bool:
 
 
 def _move_into_place(built: Path, final: Path) -> None:
-    """Side files first, the main file last (each an atomic rename); stale side files of an older build go.
-    A folder artifact (.mlpackage) replaces an older one by two renames, the old folder then removed."""
+    """Side files first, the main file last (each an atomic rename); a folder artifact (.mlpackage) in one rename.
+    The files of an older build are set aside first (:func:`commit`)."""
     if built.is_dir():
-        old = final.parent / f".old-{final.name}-{os.getpid()}"
-        if final.exists():
-            os.replace(final, old)
         os.replace(built, final)
-        shutil.rmtree(old, ignore_errors=True)
         return
     files = artifact_files(built)
     for f in files[1:] + files[:1]:
         os.replace(f, final.parent / f.name)
-    names = {f.name for f in files}
-    for stale in artifact_files(final)[1:]:
-        if stale.name not in names:
-            stale.unlink()
 
 
 def load_artifact(record_or_path: dict[str, Any] | str | Path, out_dir: str | Path | None = None, **options):
