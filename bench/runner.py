@@ -30,6 +30,7 @@ runtime) so that they go straight to JSON and CSV.
 from __future__ import annotations
 
 import gc
+import os
 import time
 import traceback
 from collections.abc import Callable
@@ -44,6 +45,7 @@ from bench.accuracy import accuracy_columns, agreement_columns
 from bench.backends import Target, artifact_targets, torch_targets
 from bench.results_file import RESULTS_FORMAT
 from bench.settings import BenchConfig, method_text
+from core import io
 
 
 @dataclass
@@ -123,7 +125,7 @@ def bench_artifacts(artifacts_dir: str | Path, config: BenchConfig, progress: bo
     from bench import env
 
     doc: dict[str, Any] = {
-        "format": RESULTS_FORMAT, "complete": False, "artifacts": str(artifacts_dir.resolve()),
+        "format": RESULTS_FORMAT, "complete": False, "artifacts": os.path.abspath(artifacts_dir),
         "environment": env.environment({**config.to_dict(), "threads_used": threads}),
         "method": method_text(config, threads), "backbones": {}, "rows": [],
     }
@@ -166,7 +168,7 @@ def bench_backbone(name: str, records: list[dict[str, Any]], artifacts_dir: Path
     info: dict[str, Any] = {}
     task = bar.add_task(name, total=None) if bar is not None else None
     try:
-        run, test, model = _prepare(name, records, config, info)
+        run, test, model = _prepare(name, records, artifacts_dir, config, info)
     except Exception as err:
         error = f"could not prepare the run: {type(err).__name__}: {err}"
         info["error"] = error
@@ -176,7 +178,7 @@ def bench_backbone(name: str, records: list[dict[str, Any]], artifacts_dir: Path
         if bar is not None:
             bar.update(task, total=1, completed=1, description=f"{name} [red]failed")
         return rows, info, []
-    weights = Path(run.path) / "model.safetensors"
+    weights = Path(os.path.abspath(run.path)) / "model.safetensors"
     targets = torch_targets(name, model, config.device, config.compile, weights.stat().st_size, str(weights))
     for r in records:
         targets += artifact_targets(r, artifacts_dir, config.device, threads)
@@ -208,7 +210,8 @@ class _Shared:
     reference_auc: float | None = None
 
 
-def _prepare(name: str, records: list[dict[str, Any]], config: BenchConfig, info: dict[str, Any]):
+def _prepare(name: str, records: list[dict[str, Any]], artifacts_dir: Path, config: BenchConfig,
+             info: dict[str, Any]):
     from core.datasets import load_sides
     from core.runs import load_run
     from export.base import run_hash
@@ -222,7 +225,7 @@ def _prepare(name: str, records: list[dict[str, Any]], config: BenchConfig, info
         if len(sources) > 1:
             raise ValueError(f"the artifacts of {name} come from {len(sources)} runs ({', '.join(sorted(sources))});"
                              " pass --runs RUNS_DIR to choose")
-        run_path = Path(sources.pop())
+        run_path = io.recorded_path(sources.pop(), artifacts_dir)  # relative to the manifest's folder
     run = load_run(run_path)
     exported_from = {r.get("run_hash") for r in records if r.get("run_hash")}
     now = run_hash(run)
@@ -236,7 +239,7 @@ def _prepare(name: str, records: list[dict[str, Any]], config: BenchConfig, info
         raise ValueError(f"the test side of {run_path / 'split.json'} has {len(test.labels)} images and "
                          f"{len(np.unique(test.labels))} class(es); ROC-AUC needs both classes")
     model = run.build_model()
-    info.update(run=str(Path(run.path).resolve()), run_hash=now, split_hash=split.hash, size=pre.size,
+    info.update(run=os.path.abspath(run.path), run_hash=now, split_hash=split.hash, size=pre.size,
                 n_test=int(len(test.labels)), n_test_pos=int(test.labels.sum()), threshold=run.threshold,
                 threshold_chosen_on="val", init=run.record.get("init"), epochs_run=run.record.get("epochs_run"),
                 **cost.model_cost(model, pre.size, pre.channels),

@@ -205,7 +205,9 @@ def compare(
     for line in summary_lines(cmp, bound):
         out.print(line, highlight=False, markup=False)
     if json_out:
-        io.write_json(json_out, io.json_safe(cmp.to_dict(bound)))
+        record = {**cmp.to_dict(bound), "a": io.portable_path(first, json_out.parent),
+                  "b": io.portable_path(second, json_out.parent)}  # relative to the file's folder
+        io.write_json(json_out, io.json_safe(record))
         out.print(f"wrote {json_out}")
     bad = [r for r in cmp.rows if (r["accuracy_max_change"] or 0) > 0 or any(
         f"b{n}_change" in r and not r[f"b{n}_within_spread"] and r[f"b{n}_change"] > bound for n in cmp.batches)]

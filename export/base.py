@@ -254,6 +254,16 @@ class ExportContext:
     work_dir: Path
     onnx_fp32: Path | None = None  # set once the ONNX FP32 file exists (the hub for other targets)
     facts: dict[str, Any] = field(default_factory=dict)
+    artifact_dir: Path | None = None  # the folder the artifacts go to (metadata name the run relative to it)
+
+    def source_run(self) -> str:
+        """The run folder as an artifact's metadata names it: relative to the artifact's folder (its name alone
+        when that folder is not known), never an absolute path of this machine."""
+        from core import io
+
+        if self.artifact_dir is None:
+            return Path(self.run.path).name
+        return io.portable_path(self.run.path, self.artifact_dir)
 
 
 def parity(reference_logits: np.ndarray, logits: np.ndarray, labels: np.ndarray, threshold: float,

@@ -263,7 +263,7 @@ def set_metadata(model, ctx: ExportContext, precision: str) -> None:
         "cxr_edge.preprocess": json.dumps(run.preprocess.to_dict()),
         "cxr_edge.threshold": repr(run.threshold),
         "cxr_edge.output": "logit of PNEUMONIA; probability = sigmoid(logit); positive when probability >= threshold",
-        "cxr_edge.source_run": str(Path(run.path).resolve()),
+        "cxr_edge.source_run": ctx.source_run(),
         "cxr_edge.run_hash": run_hash(run),
         "cxr_edge.split_hash": run.record["split"]["hash"],
         "cxr_edge.version": version,

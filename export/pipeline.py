@@ -103,7 +103,7 @@ def _export_parallel(runs, fmts, precs, quants, missing, out_dir, verify, earlie
                 for precision in precs:
                     if (fmt.name, precision) not in done:
                         on_message(("record", _name(run), io.json_safe({
-                            **_identity(run, fmt, precision), "status": "failed",
+                            **_identity(run, fmt, precision, out_dir), "status": "failed",
                             "error": f"the export worker stopped: {type(err).__name__}: {err}"})))
 
         run_jobs(_export_job, args, jobs, on_message=on_message, on_error=on_error)
@@ -149,7 +149,8 @@ def _export_run(run, fmts: list[Format], precs: list[str], quants: dict[str, Qua
                 reason = missing[fmt.name] or (None if precision in fmt.precisions
                                                else f"{fmt.name} has no {precision} path")
                 if reason:
-                    yield io.json_safe({**_identity(run, fmt, precision), "status": "skipped", "reason": reason})
+                    yield io.json_safe({**_identity(run, fmt, precision, out_dir), "status": "skipped",
+                                        "reason": reason})
                     continue
                 prev = (earlier or {}).get((run.record["backbone"], fmt.name, precision))
                 if prev is not None and reusable(prev, run, fmt, quants[fmt.name], out_dir, verify):
@@ -159,10 +160,11 @@ def _export_run(run, fmts: list[Format], precs: list[str], quants: dict[str, Qua
                     work = Path(tempfile.mkdtemp(prefix=".tmp-work-", dir=_mkdir(out_dir / _name(run))))
                     try:
                         ctx = make_context(run, quants[fmt.name], work, calibrate=calibrate)
+                        ctx.artifact_dir = out_dir / _name(run)
                     except Exception as err:
                         ctx_error = f"{type(err).__name__}: {err}"
                 if ctx_error:
-                    yield io.json_safe({**_identity(run, fmt, precision), "status": "failed",
+                    yield io.json_safe({**_identity(run, fmt, precision, out_dir), "status": "failed",
                                   "error": f"could not prepare the run: {ctx_error}"})
                 else:
                     yield io.json_safe(export_one(ctx, fmt, precision, out_dir, quants[fmt.name], verify))
@@ -238,7 +240,7 @@ def export_one(ctx: ExportContext, fmt: Format, precision: str, out_dir: Path, q
     run = ctx.run
     rel = artifact_name(run.record["backbone"], fmt, precision)
     final = out_dir / rel
-    record = _identity(run, fmt, precision)
+    record = _identity(run, fmt, precision, out_dir)
     if fmt.note:
         record["note"] = fmt.note
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{fmt.name}-{precision}-", dir=_mkdir(final.parent)))
@@ -390,9 +392,10 @@ def load_artifact(record_or_path: dict[str, Any] | str | Path, out_dir: str | Pa
 # -------------------------------------------------------------------------------------- helpers
 
 
-def _identity(run, fmt: Format, precision: str) -> dict[str, Any]:
+def _identity(run, fmt: Format, precision: str, out_dir: Path) -> dict[str, Any]:
+    """The fields every record of ``run``'s artifact starts with; ``source_run`` relative to the manifest's folder."""
     return {"backbone": run.record["backbone"], "format": fmt.name, "precision": precision, "status": None,
-            "path": None, "bytes": None, "sha256": None, "source_run": str(Path(run.path).resolve()),
+            "path": None, "bytes": None, "sha256": None, "source_run": io.portable_path(run.path, out_dir),
             "run_hash": run_hash(run), "split_hash": run.record["split"]["hash"],
             "preprocess": run.preprocess.to_dict(), "threshold": run.threshold, "created": io.now(),
             "versions": _versions()}

@@ -53,7 +53,7 @@ def test_every_artifact_carries_preprocessing_threshold_and_source_run(exported,
         assert float(meta["cxr_edge.threshold"]) == trained_run.threshold
         assert meta["cxr_edge.backbone"] == "resnet18" and meta["cxr_edge.run_hash"] == run_hash(trained_run)
         assert meta["cxr_edge.split_hash"] == trained_run.record["split"]["hash"]
-        assert meta["cxr_edge.source_run"] == str(trained_run.path.resolve())
+        assert (path.parent / meta["cxr_edge.source_run"]).resolve() == trained_run.path.resolve()  # relative
         assert meta["cxr_edge.version"] and "sigmoid" in meta["cxr_edge.output"]
 
 

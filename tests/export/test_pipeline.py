@@ -58,7 +58,8 @@ def test_records_manifest_and_files_agree(exported, trained_run):
         assert rec["status"] == "ok" and rec["path"] == f"resnet18/onnx-{rec['precision']}.onnx"
         assert rec["bytes"] == path.stat().st_size
         assert rec["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
-        assert rec["source_run"] == str(trained_run.path.resolve()) and rec["run_hash"] == base.run_hash(trained_run)
+        assert (out / rec["source_run"]).resolve() == trained_run.path.resolve()  # relative to the manifest
+        assert rec["run_hash"] == base.run_hash(trained_run)
         assert rec["split_hash"] == trained_run.record["split"]["hash"] and rec["threshold"] == trained_run.threshold
         assert rec["preprocess"]["size"] == 32 and rec["versions"]["onnxruntime"] and rec["export_seconds"] > 0
         assert rec["parity"]["n"] == len(trained_run.split().side("val")) and rec["verified"] is True
@@ -301,7 +302,7 @@ def test_a_dead_export_worker_fails_its_remaining_artifacts_as_rows(trained_run,
         run_path, fmt_names, precs = jobs_args[0][:3]
         name = load_run(run_path).record["backbone"]
         on_message(("start", name, "onnx fp32"))
-        on_message(("record", name, {**pipeline._identity(load_run(run_path), FORMATS["onnx"], "fp32"),
+        on_message(("record", name, {**pipeline._identity(load_run(run_path), FORMATS["onnx"], "fp32", out),
                                      "status": "skipped", "reason": "made by the fake worker"}))
         return [on_error(i, parallel.JobError("its worker process stopped (exit codes -9)")) for i in range(2)]
 
