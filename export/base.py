@@ -224,6 +224,19 @@ class KeepFloat:
         return [p for p in self.patterns if not any(KeepFloat((p,)).hits(n, op, target) for n, op in nodes)]
 
 
+def keep_float_patterns(quant: QuantConfig, backbone: str) -> tuple[tuple[str, ...], str | None, str]:
+    """The patterns kept in float in INT8, where they come from and why: the user's ``--keep-float`` ("user"),
+    else the backbone's registry default (``core.registry.Backbone.keep_float``, "<backbone> default"), else none."""
+    if quant.ignored:
+        return tuple(quant.ignored), "user", "named with --keep-float"
+    from core import registry
+
+    known = registry.BACKBONES.get(backbone)
+    if known is not None and known.keep_float:
+        return known.keep_float, f"{backbone} default", known.keep_float_why
+    return (), None, ""
+
+
 # Parity tolerances per precision, against the PyTorch FP32 model on validation images: the one place they live.
 # FP32: every logit within atol + rtol * |PyTorch's logit| (as numpy.allclose). A bound on the absolute difference
 # alone failed MobileNet-V3-Large in ONNX and OpenVINO (max |logit difference| 1.68e-4 on logits far from 0, while

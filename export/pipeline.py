@@ -24,7 +24,7 @@ import numpy as np
 from core import io
 from export.base import (FORMATS, PRECISIONS, ExportContext, ExportError, Format, ParityError, QuantConfig,
                          TorchPredictor, artifact_files, artifact_name, calibration_set, file_bytes, file_sha256,
-                         get_format, parity, predict_batched, run_hash)
+                         get_format, keep_float_patterns, parity, predict_batched, run_hash)
 from export.manifest import _key, read_manifest, write_manifest
 
 HUB_USERS = ("openvino", "tensorrt")  # formats built from the FP32 ONNX file when it exists
@@ -183,11 +183,25 @@ def reusable(prev: dict[str, Any], run, fmt: Format, quant: QuantConfig, out_dir
     if prev.get("run_hash") != run_hash(run) or not _same_versions(prev.get("versions") or {}, fmt):
         return False
     if prev["precision"] == "int8":
-        settings = {k: v for k, v in (prev.get("calibration") or {}).items() if k not in ("n_images", "side")}
+        recorded = prev.get("calibration") or {}
+        settings = {k: v for k, v in recorded.items() if k not in ("n_images", "side", "keep_float")}
         if settings != quant.to_dict():
             return False
+        if {k: recorded.get(k) for k in _keep_float(quant, fmt, run)} != _keep_float(quant, fmt, run):
+            return False  # e.g. the registry's keep-float default changed since
     final = Path(out_dir) / prev["path"]
     return final.exists() and file_sha256(final) == prev.get("sha256")
+
+
+KEEP_FLOAT_FORMATS = ("onnx", "openvino", "tensorrt")  # the INT8 paths that keep layers in float
+
+
+def _keep_float(quant: QuantConfig, fmt: Format, run) -> dict[str, Any]:
+    """``{"keep_float": patterns}`` a format's INT8 build keeps in float for this run (the user's, else the
+    backbone's default); empty for formats that keep nothing in float."""
+    if fmt.name not in KEEP_FLOAT_FORMATS:
+        return {}
+    return {"keep_float": list(keep_float_patterns(quant, run.record["backbone"])[0])}
 
 
 # Libraries every artifact depends on (the model, the ONNX hub file OpenVINO and TensorRT start from);
@@ -251,7 +265,8 @@ def export_one(ctx: ExportContext, fmt: Format, precision: str, out_dir: Path, q
             record["hub_error"] = ctx.facts["hub_error"]  # the target had to start from PyTorch, or fails
         ctx.quant = quant
         if precision == "int8":
-            record["calibration"] = {**quant.to_dict(), "n_images": int(len(ctx.calibration)), "side": "train"}
+            record["calibration"] = {**quant.to_dict(), "n_images": int(len(ctx.calibration)), "side": "train",
+                                     **_keep_float(quant, fmt, run)}
         facts = module.build(ctx, precision, tmp / final.name)
         record.update(facts=facts, export_seconds=round(time.perf_counter() - t0, 3))
         if not (tmp / final.name).exists():

@@ -253,8 +253,12 @@ def test_an_int8_artifact_is_reused_only_with_the_same_quantization_settings(exp
     records, out = exported
     int8 = next(r for r in records if r["precision"] == "int8")
     ONNX = FORMATS["onnx"]
-    same = base.QuantConfig(**{k: v for k, v in int8["calibration"].items() if k not in ("n_images", "side")})
-    assert pipeline.reusable(int8, trained_run, ONNX, same, out)
+    same = base.QuantConfig(**{k: v for k, v in int8["calibration"].items()
+                               if k not in ("n_images", "side", "keep_float")})
+    assert pipeline.reusable(int8, trained_run, ONNX, same, out) and int8["calibration"]["keep_float"] == []
+    # a record made while the backbone's registry kept other layers in float is built again
+    assert not pipeline.reusable({**int8, "calibration": {**int8["calibration"], "keep_float": ["type:Mul"]}},
+                                 trained_run, ONNX, same, out)
     other = base.QuantConfig(**{**same.to_dict(), "ignored": ("type:Mul",), "n_calibration": 7})
     assert not pipeline.reusable(int8, trained_run, ONNX, other, out)
     assert not pipeline.reusable({**int8, "run_hash": "other"}, trained_run, ONNX, same, out)
