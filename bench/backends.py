@@ -38,6 +38,7 @@ class Target:
     bytes: int | None = None
     reference: bool = False  # the PyTorch eager FP32 row the others are compared with
     sync: Callable[[], None] | None = None  # device synchronisation around timed calls
+    check: Callable[[], Any] | None = None  # raises when the file is not the one exported (sha256), before load
     extra: dict[str, Any] = field(default_factory=dict)  # copied into the row (notes, warnings)
 
     def identity(self) -> dict[str, Any]:
@@ -186,6 +187,12 @@ def artifact_targets(record: dict[str, Any], artifacts_dir: Path, device: str, t
     path = Path(artifacts_dir) / record["path"]
     if not path.exists():
         return skipped(f"the manifest lists {path}, which does not exist; export again")
+    # The size is the file's as it is now, and its checksum is compared with the record's before it is loaded:
+    # a figure measured on a file changed after export would not describe the exported model.
+    from export.base import file_bytes
+    from export.manifest import verify_sha256
+
+    base.update(bytes=file_bytes(path), check=lambda: verify_sha256(path, record.get("sha256")))
     missing = next((f"{m} is not installed" for m in fmt.requires if importlib.util.find_spec(m) is None), None)
     sync = cuda_sync if device == "cuda" else None
     from export.pipeline import load_artifact

@@ -346,13 +346,17 @@ def write_results_doc(results_dir: str | Path, out: str | Path, *, recipe: str, 
                       caption: str = "", reproduction: str | Path | None = None) -> Path:
     """Write ``out`` (Markdown) and copy the result files beside it, into a folder named after it
     (``docs/RESULTS.md`` -> ``docs/RESULTS/``), so that two pages never share or overwrite their files."""
+    from bench.report import write_reports
+    from bench.results_file import portable, relocate, resolved, write_results
+
     results_dir, out = Path(results_dir), Path(out)
-    doc = _results(results_dir)
+    stored = _load(results_dir / "results.json")
+    doc = resolved(stored, results_dir)  # its paths are relative to its folder
     assets = out.parent / out.stem  # beside the page, named after it: docs/RESULTS.md -> docs/RESULTS/
     assets.mkdir(parents=True, exist_ok=True)
-    for name in ("results.json", "table.csv", "table.md", "pareto.png"):
-        if (results_dir / name).is_file():
-            io.write_atomic(assets / name, lambda p, src=results_dir / name: shutil.copyfile(src, p))
+    if assets.resolve() != results_dir.resolve():  # the copies name files relative to their own folder
+        write_results(assets, relocate(stored, results_dir, assets))
+        write_reports(doc, assets)
     rel = assets.relative_to(out.parent)
     sheet_md = []
     if contact_sheet:
@@ -411,7 +415,7 @@ def write_results_doc(results_dir: str | Path, out: str | Path, *, recipe: str, 
              "From the export manifest (validation side, at export time; the budget for the CNNs' INT8 is 0.005).", ""
              ] + int8_section(_manifest(doc)) + ["", "## Explanations", ""] + sheet_md + fid_md + [
              "## The full table", ""]
-    table = table_markdown(doc).splitlines()
+    table = table_markdown(portable(doc, out.parent)).splitlines()
     lines += [ln.replace("# Benchmark:", "### Benchmark:", 1) if ln.startswith("# ") else ln for ln in table]
     io.write_atomic(out, lambda p: p.write_text("\n".join(lines) + "\n"))
     return out

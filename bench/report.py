@@ -480,8 +480,12 @@ def plot(doc: dict[str, Any], path: str | Path) -> Path:
 
 
 def write_reports(doc: dict[str, Any], out_dir: str | Path) -> list[Path]:
-    """table.md, table.csv and pareto.png beside results.json, each written atomically."""
+    """table.md, table.csv and pareto.png beside results.json, each written atomically; paths relative to
+    ``out_dir`` as in results.json."""
+    from bench.results_file import portable
+
     out_dir = Path(out_dir)
+    doc = portable(doc, out_dir)
     paths = [io.write_atomic(out_dir / TABLE_MD, lambda p: p.write_text(markdown(doc))),
              io.write_atomic(out_dir / TABLE_CSV, lambda p: p.write_text(csv_text(doc["rows"])))]
     paths.append(plot(doc, out_dir / PARETO_PNG))

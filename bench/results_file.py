@@ -36,4 +36,46 @@ def read_results(path: str | Path) -> dict[str, Any]:
 
 
 def write_results(out_dir: str | Path, doc: dict[str, Any]) -> Path:
-    return io.write_json(Path(out_dir) / RESULTS, io.json_safe(doc))
+    """``out_dir/results.json``, its paths relative to ``out_dir`` (:func:`portable`)."""
+    return io.write_json(Path(out_dir) / RESULTS, io.json_safe(portable(doc, out_dir)))
+
+
+def _path_fields(doc: dict[str, Any]):
+    """(container, key) of every path a results document holds: the artifacts folder, each backbone's run folder,
+    and the PyTorch rows' weights files (artifact rows name their file relative to the artifacts folder)."""
+    yield doc, "artifacts"
+    for info in doc.get("backbones", {}).values():
+        yield info, "run"
+    for row in doc.get("rows", []):
+        if row.get("format") == "pytorch":
+            yield row, "path"
+
+
+def portable(doc: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
+    """A copy of ``doc`` whose absolute paths are made relative to ``out_dir``, the folder it is written to, so that
+    results, artifacts and runs can move together; relative ones are taken to be relative to it already."""
+    import copy
+
+    doc = copy.deepcopy(doc)
+    for holder, key in _path_fields(doc):
+        value = holder.get(key)
+        if value and Path(value).is_absolute():
+            holder[key] = io.portable_path(value, out_dir)
+    return doc
+
+
+def relocate(doc: dict[str, Any], src_dir: str | Path, dst_dir: str | Path) -> dict[str, Any]:
+    """A copy of a results document read from ``src_dir`` whose paths are relative to ``dst_dir`` instead."""
+    return portable(resolved(doc, src_dir), dst_dir)
+
+
+def resolved(doc: dict[str, Any], results_dir: str | Path) -> dict[str, Any]:
+    """A copy of a results document read from ``results_dir`` with its paths made absolute (read-time use)."""
+    import copy
+    import os
+
+    doc = copy.deepcopy(doc)
+    for holder, key in _path_fields(doc):
+        if holder.get(key):
+            holder[key] = os.path.abspath(io.recorded_path(holder[key], results_dir))
+    return doc

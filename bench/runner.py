@@ -31,6 +31,7 @@ runtime) so that they go straight to JSON and CSV.
 from __future__ import annotations
 
 import gc
+import os
 import time
 import traceback
 from collections.abc import Callable
@@ -47,6 +48,7 @@ from bench.report import CHOICE_TEXT
 from bench.results_file import RESULTS_FORMAT
 from bench.settings import BenchConfig, method_text
 from core.data import known_patients
+from core import io
 
 
 @dataclass
@@ -126,7 +128,7 @@ def bench_artifacts(artifacts_dir: str | Path, config: BenchConfig, progress: bo
     from bench import env
 
     doc: dict[str, Any] = {
-        "format": RESULTS_FORMAT, "complete": False, "artifacts": str(artifacts_dir.resolve()),
+        "format": RESULTS_FORMAT, "complete": False, "artifacts": os.path.abspath(artifacts_dir),
         "environment": env.environment({**config.to_dict(), "threads_used": threads}),
         "method": method_text(config, threads), "backbones": {}, "rows": [],
     }
@@ -169,7 +171,7 @@ def bench_backbone(name: str, records: list[dict[str, Any]], artifacts_dir: Path
     info: dict[str, Any] = {}
     task = bar.add_task(name, total=None) if bar is not None else None
     try:
-        run, test, val, model = _prepare(name, records, config, info)
+        run, test, val, model = _prepare(name, records, artifacts_dir, config, info)
     except Exception as err:
         error = f"could not prepare the run: {type(err).__name__}: {err}"
         info["error"] = error
@@ -179,7 +181,7 @@ def bench_backbone(name: str, records: list[dict[str, Any]], artifacts_dir: Path
         if bar is not None:
             bar.update(task, total=1, completed=1, description=f"{name} [red]failed")
         return rows, info, []
-    weights = Path(run.path) / "model.safetensors"
+    weights = Path(os.path.abspath(run.path)) / "model.safetensors"
     targets = torch_targets(name, model, config.device, config.compile, weights.stat().st_size, str(weights))
     for r in records:
         targets += artifact_targets(r, artifacts_dir, config.device, threads)
@@ -216,7 +218,8 @@ class _Shared:
     reference_auc: float | None = None
 
 
-def _prepare(name: str, records: list[dict[str, Any]], config: BenchConfig, info: dict[str, Any]):
+def _prepare(name: str, records: list[dict[str, Any]], artifacts_dir: Path, config: BenchConfig,
+             info: dict[str, Any]):
     from core.datasets import load_sides
     from core.runs import load_run
     from export.base import run_hash
@@ -230,7 +233,7 @@ def _prepare(name: str, records: list[dict[str, Any]], config: BenchConfig, info
         if len(sources) > 1:
             raise ValueError(f"the artifacts of {name} come from {len(sources)} runs ({', '.join(sorted(sources))});"
                              " pass --runs RUNS_DIR to choose")
-        run_path = Path(sources.pop())
+        run_path = io.recorded_path(sources.pop(), artifacts_dir)  # relative to the manifest's folder
     run = load_run(run_path, config.skip_bad)
     exported_from = {r.get("run_hash") for r in records if r.get("run_hash")}
     now = run_hash(run)
@@ -247,7 +250,7 @@ def _prepare(name: str, records: list[dict[str, Any]], config: BenchConfig, info
         raise ValueError(f"the test side of {run_path / 'split.json'} has {len(test.labels)} images and "
                          f"{len(np.unique(test.labels))} class(es); ROC-AUC needs both classes")
     model = run.build_model()
-    info.update(run=str(Path(run.path).resolve()), run_hash=now, split_hash=split.hash, size=pre.size,
+    info.update(run=os.path.abspath(run.path), run_hash=now, split_hash=split.hash, size=pre.size,
                 n_test=int(len(test.labels)), n_test_pos=int(test.labels.sum()), threshold=run.threshold,
                 threshold_chosen_on="val", init=run.record.get("init"), epochs_run=run.record.get("epochs_run"),
                 **cost.model_cost(model, pre.size, pre.channels),
@@ -290,9 +293,12 @@ def _load_and_score(t: Target, ctx: _Shared) -> tuple[dict[str, Any], Any]:
     if t.skip_reason or t.load is None:
         row.update(status="skipped", reason=t.skip_reason or "nothing to load")
         return row, None
-    stage = "load"
+    stage = "checksum"
     predictor = None
     try:
+        if t.check is not None:
+            t.check()
+        stage = "load"
         biggest = latency.make_batch(ctx.inputs, max(ctx.config.latency.batches))
         t0 = time.perf_counter()
         with cost.PeakMemory() as mem, cost.GpuPeak() as gpu:

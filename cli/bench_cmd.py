@@ -60,7 +60,8 @@ def bench(
     Accuracy on the test side of each run's saved split at its validation threshold (95% bootstrap
     CIs), agreement with FP32; latency percentiles and throughput per batch size; parameters, GFLOPs,
     bytes and peak memory. A failing artifact is a failed row with its error; the loop goes on. Exit status 1
-    when a backbone's run or test images could not be read (all its rows failed, for the reason printed).
+    when no row is ok, or when a backbone's run or test images could not be read (the results are written all the
+    same).
     """
     from bench import fidelity_hook, report
     from bench.latency import LatencyConfig, parse_batches
@@ -99,7 +100,11 @@ def bench(
     unprepared = {name: info["error"] for name, info in doc["backbones"].items() if info.get("error")}
     for name, error in unprepared.items():
         console.print(f"[bold red]error:[/bold red] {name}: {error}", highlight=False, soft_wrap=True)
-    if unprepared:  # every row of such a backbone failed for one reason, printed above
+    if not counts["ok"]:
+        console.print(f"[bold red]error:[/bold red] no row is ok ({counts['failed']} failed, {counts['skipped']} "
+                      f"skipped): nothing was measured. Each row's error or reason is in the notes above and in "
+                      f"{out_dir / 'results.json'}", highlight=False, soft_wrap=True)
+    if unprepared or not counts["ok"]:  # a backbone's rows all failed for one reason (printed above), or none is ok
         raise typer.Exit(1)
 
 
@@ -259,7 +264,9 @@ def compare(
     for line in summary_lines(cmp, bound):
         out.print(line, highlight=False, markup=False)
     if json_out:
-        io.write_json(json_out, io.json_safe(cmp.to_dict(bound)))
+        record = {**cmp.to_dict(bound), "a": io.portable_path(first, json_out.parent),
+                  "b": io.portable_path(second, json_out.parent)}  # relative to the file's folder
+        io.write_json(json_out, io.json_safe(record))
         out.print(f"wrote {json_out}")
     bad = [r for r in cmp.rows if (r["accuracy_max_change"] or 0) > 0 or any(
         f"b{n}_change" in r and not r[f"b{n}_within_spread"] and r[f"b{n}_change"] > bound for n in cmp.batches)]

@@ -273,7 +273,7 @@ def fidelity(
                 results["artifacts"].append({**row, "error": rec.get("error") or rec.get("reason")})
                 continue
             try:
-                src = rec["source_run"]
+                src = str(io.recorded_path(rec["source_run"], folder))  # relative to the manifest's folder
                 if src not in by_run:
                     run = load_run(src, skip_bad) if is_complete(src) else None
                     if run is None:

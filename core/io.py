@@ -65,6 +65,22 @@ def read_format_json(path: str | Path, fmt: str, fix: str, error: type[Exception
     return doc
 
 
+def portable_path(path: str | Path, folder: str | Path) -> str:
+    """``path`` as a record kept in ``folder`` names it: relative to ``folder`` (POSIX separators), so that the
+    folder and the files it names can be moved or copied together. Read it back with :func:`recorded_path`."""
+    try:
+        return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(folder))).as_posix()
+    except ValueError:  # another drive (Windows): no relative path exists
+        return Path(os.path.abspath(path)).as_posix()
+
+
+def recorded_path(path: str | Path, folder: str | Path) -> Path:
+    """A path read from a record kept in ``folder``: relative to ``folder`` (absolute ones, as older records
+    wrote them, as they are)."""
+    p = Path(path)
+    return p if p.is_absolute() else Path(folder) / p
+
+
 def append_jsonl(path: str | Path, obj: Any) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(obj, default=_jsonable) + "\n")

@@ -39,6 +39,11 @@ class Backbone:
     # Seconds per training step (batch 16, 128 px, 2 CPU threads; ../shared/ENVIRONMENT.md). Only orders
     # parallel jobs (`--jobs` of train and export), the costliest first; never reported.
     train_cost: float = 1.0
+    # Layers kept in float when quantizing to INT8, unless the user names others (--keep-float): ONNX's
+    # nodes_to_exclude and NNCF's ignored scope, in export.base.KeepFloat syntax ("type:Mul" means ONNX's Mul and
+    # OpenVINO's Multiply). ``keep_float_why`` is copied into every INT8 record that keeps them.
+    keep_float: tuple[str, ...] = ()
+    keep_float_why: str = ""
 
     def build(
         self,
@@ -148,15 +153,28 @@ class _TokensToGrid:
         return x.permute(0, 3, 1, 2)
 
 
+# Why two backbones keep their Mul ops (squeeze-excite gates, SiLU / hard-swish products) in float in INT8:
+# quantizing the inputs of a product of two activations puts both ranges' rounding into it, and the gates'
+# ranges are narrow (0..1) beside the features they scale.
+_EFFNET_KEEP_FLOAT = ("squeeze-excite gates and SiLU products (Mul) kept in float: quantized, they cost OpenVINO "
+                      "INT8 the parity check on a synthetic run (max probability change 0.25, decision agreement "
+                      "0.81; in float 0.17 and 0.99)")
+_MOBILENETV3_KEEP_FLOAT = ("squeeze-excite gates and hard-swish products (Mul) kept in float: quantized, ONNX INT8 "
+                           "moved validation probabilities by up to 0.31 on a synthetic run (agreement 0.59, "
+                           "ROC-AUC -0.039); on the default demo run kept in float halved the largest change "
+                           "(0.149 -> 0.075)")
+
 BACKBONES: dict[str, Backbone] = {
     b.name: b
     for b in (
         Backbone("resnet18", "resnet18", "ResNet-18", "layer4", "cnn", train_cost=0.73),
         Backbone("resnet50", "resnet50", "ResNet-50", "layer4", "cnn", train_cost=1.6),
         Backbone("densenet121", "densenet121", "DenseNet-121", "features.norm5", "cnn", train_cost=1.3),
-        Backbone("efficientnet_b0", "efficientnet_b0", "EfficientNet-B0", "bn2", "cnn", train_cost=0.51),
+        Backbone("efficientnet_b0", "efficientnet_b0", "EfficientNet-B0", "bn2", "cnn", train_cost=0.51,
+                 keep_float=("type:Mul",), keep_float_why=_EFFNET_KEEP_FLOAT),
         Backbone("mobilenetv2_100", "mobilenetv2_100", "MobileNet-V2", "bn2", "cnn", train_cost=0.33),
-        Backbone("mobilenetv3_large_100", "mobilenetv3_large_100", "MobileNet-V3-Large", "blocks", "cnn", train_cost=0.25),
+        Backbone("mobilenetv3_large_100", "mobilenetv3_large_100", "MobileNet-V3-Large", "blocks", "cnn",
+                 train_cost=0.25, keep_float=("type:Mul",), keep_float_why=_MOBILENETV3_KEEP_FLOAT),
         # Mean of the (final-normed) patch tokens feeds the head rather than the class token: from
         # scratch on a small set the class token's attention learns slowly (val ROC-AUC ~0.8 after 5
         # epochs on the synthetic set). fc_norm=False keeps timm's `norm`, so ImageNet weights load whole.

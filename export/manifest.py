@@ -63,7 +63,7 @@ def verify_sha256(path: str | Path, expected: str | None) -> str:
     actual = file_sha256(Path(path))
     if expected and actual != expected:
         raise ExportError(
-            f"{path} does not match its manifest record: sha256 {actual[:16]}… on disk, {expected[:16]}… "
-            f"recorded at export; the file was changed after export. Export it again (`cxr-edge export`)"
+            f"{path} does not match its manifest record: sha256 {actual} on disk, {expected} recorded at "
+            f"export; the file was changed after export. Export it again (`cxr-edge export`)"
         )
     return actual

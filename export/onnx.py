@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from export.base import ExportContext, ExportError, KeepFloat, run_hash
+from export.base import ExportContext, ExportError, KeepFloat, keep_float_patterns, run_hash
 from export.onnx_graph import check_fp16, check_int8, describe, toposort
 
 OPSET = 18
@@ -160,7 +160,13 @@ def _build_int8(ctx: ExportContext, hub: Path, dest: Path) -> dict[str, Any]:
         source, facts["pre_process"] = pre, "ok"
     except Exception as err:  # quantization still works without it, with less fusion
         source, facts["pre_process"] = hub, f"failed, quantized the FP32 model as is: {type(err).__name__}: {err}"
-    args = quant_args(ctx, onnx.load(str(source), load_external_data=False))
+    graph = onnx.load(str(source))
+    named = name_nodes(graph)
+    if named:  # the nodes the pre-processing made have no names, and nodes_to_exclude matches by name
+        _save(graph, pre)
+        source, facts["named_nodes"] = pre, named
+    args = quant_args(ctx, graph)
+    del graph
     try:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _quiet_root_logger():
             warnings.simplefilter("ignore")  # Entropy and Percentile print their progress
@@ -168,6 +174,7 @@ def _build_int8(ctx: ExportContext, hub: Path, dest: Path) -> dict[str, Any]:
                             **args["kwargs"])
     finally:
         pre.unlink(missing_ok=True)
+        pre.with_name(pre.name + ".data").unlink(missing_ok=True)
     model = onnx.load(str(dest))
     set_metadata(model, ctx, "int8")
     _save(model, dest)
@@ -175,6 +182,26 @@ def _build_int8(ctx: ExportContext, hub: Path, dest: Path) -> dict[str, Any]:
     facts.update(describe(model), quantization=args["record"], calibration_images=int(len(ctx.calibration)))
     check_int8(facts)
     return {**facts, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def name_nodes(model) -> int:
+    """Give every unnamed node of ``model`` a name of its own (``<op type>_<n>``, unused elsewhere); return how many.
+
+    onnxruntime's ``quant_pre_process`` leaves the nodes it makes (e.g. the HardSigmoid and Mul of a decomposed
+    HardSwish) unnamed, and ``quantize_static`` matches ``nodes_to_exclude`` by name: excluding "" would keep
+    every unnamed node in float, whatever its type, and naming one of them would not be possible."""
+    taken = {n.name for n in model.graph.node if n.name}
+    count = 0
+    for i, node in enumerate(model.graph.node):
+        if node.name:
+            continue
+        name = f"{node.op_type}_{i}"
+        while name in taken:
+            name += "_"
+        node.name = name
+        taken.add(name)
+        count += 1
+    return count
 
 
 @contextlib.contextmanager
@@ -204,7 +231,9 @@ def quant_args(ctx: ExportContext, model) -> dict[str, Any]:
     if q.calibration == "percentile":
         extra["CalibPercentile"] = q.percentile
     nodes = [(n.name, n.op_type) for n in model.graph.node]
-    keep = KeepFloat(tuple(q.ignored))
+    backbone = str((getattr(ctx.run, "record", None) or {}).get("backbone", ""))
+    patterns, source, why = keep_float_patterns(q, backbone)
+    keep = KeepFloat(patterns)
     excluded = sorted({name for name, op in nodes if keep.hits(name, op, "onnx")})
     for pat in keep.unmatched(nodes, "onnx"):
         raise ExportError(f"ignored pattern {pat!r} matches no node of the ONNX graph; node names look like "
@@ -215,6 +244,7 @@ def quant_args(ctx: ExportContext, model) -> dict[str, Any]:
                   weight_type=QuantType.QInt8, nodes_to_exclude=excluded or None, extra_options=extra)
     record = {"format": "QDQ", "per_channel": q.per_channel, "calibrate_method": method.name,
               "activation_type": activation.name, "weight_type": "QInt8", "nodes_to_exclude": excluded,
+              "keep_float": list(patterns), "keep_float_source": source, "keep_float_why": why or None,
               "extra_options": extra}
     return {"kwargs": kwargs, "record": record}
 
@@ -263,7 +293,7 @@ def set_metadata(model, ctx: ExportContext, precision: str) -> None:
         "cxr_edge.preprocess": json.dumps(run.preprocess.to_dict()),
         "cxr_edge.threshold": repr(run.threshold),
         "cxr_edge.output": "logit of PNEUMONIA; probability = sigmoid(logit); positive when probability >= threshold",
-        "cxr_edge.source_run": str(Path(run.path).resolve()),
+        "cxr_edge.source_run": ctx.source_run(),
         "cxr_edge.run_hash": run_hash(run),
         "cxr_edge.split_hash": run.record["split"]["hash"],
         "cxr_edge.version": version,

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from export.base import (FORMATS, PRECISIONS, BackendUnavailable, ExportContext, ExportError, KeepFloat,
-                         PrecisionError, QuantConfig)
+                         PrecisionError, QuantConfig, keep_float_patterns)
 
 # Operations whose second input is a weight tensor; what "a layer in INT8" means for this report.
 WEIGHTED_OPS = frozenset({"Convolution", "GroupConvolution", "MatMul", "ConvolutionBackpropData"})
@@ -118,25 +118,14 @@ def _convert(ctx: ExportContext, ov) -> tuple[Any, str]:
 RANGE_ESTIMATORS = {"minmax": "MINMAX", "percentile": "MEAN_QUANTILE", "entropy": "HISTOGRAM"}
 
 
-# Layers NNCF keeps in float for a backbone when the user names none (--keep-float replaces this).
-# EfficientNet-B0's squeeze-excite gates and SiLU products are Multiply ops; quantizing their inputs cost
-# it the parity check on the synthetic runs (300 calibration images: max |dp| 0.25, decision agreement
-# 0.81); kept in float: 0.17 and 0.99, with 76 of 92 FakeQuantize left. MobileNet-V3's were neutral
-# (0.126 / 0.975 -> 0.126 / 0.988), so it keeps them as well.
-KEEP_FLOAT_DEFAULT: dict[str, tuple[str, ...]] = {
-    "efficientnet_b0": ("type:Multiply",),
-    "mobilenetv3_large_100": ("type:Multiply",),
-}
-
-
 def ignored_patterns(quant: QuantConfig, backbone: str) -> tuple[str, ...]:
-    """The user's ignored patterns, else the backbone's default (:data:`KEEP_FLOAT_DEFAULT`)."""
-    return tuple(quant.ignored) or KEEP_FLOAT_DEFAULT.get(backbone, ())
+    """The user's ignored patterns, else the backbone's registry default (``Backbone.keep_float``)."""
+    return keep_float_patterns(quant, backbone)[0]
 
 
 def nncf_arguments(quant: QuantConfig, backbone: str, n_calibration: int) -> dict[str, Any]:
     """The NNCF arguments for this config, as plain values (recorded in the facts)."""
-    ignored = ignored_patterns(quant, backbone)
+    ignored, source, _ = keep_float_patterns(quant, backbone)
     keep = KeepFloat(ignored)
     return {
         "preset": "PERFORMANCE" if quant.symmetric_activations else "MIXED",
@@ -146,7 +135,7 @@ def nncf_arguments(quant: QuantConfig, backbone: str, n_calibration: int) -> dic
         # The same glob syntax as the ONNX target's nodes_to_exclude, as the regular expressions NNCF takes.
         "ignored_scope": {"patterns": [fnmatch.translate(g) for g in keep.globs], "types": list(keep.types("openvino"))}
         if ignored else None,
-        "ignored_source": ("user" if quant.ignored else f"{backbone} default") if ignored else None,
+        "ignored_source": source,
         "activations_range_estimator": RANGE_ESTIMATORS[quant.calibration],
         "smooth_quant": False,
     }
@@ -189,7 +178,8 @@ def _quantize(ctx: ExportContext, model) -> tuple[Any, dict[str, Any]]:
     calibration = nncf.Dataset([cal[i:i + 1] for i in range(len(cal))])
     facts: dict[str, Any] = {"nncf_version": nncf.__version__, "nncf_args": args,
                              "calibration_images": len(cal), "calibration_side": "train",
-                             "keep_float": list(ignored_patterns(ctx.quant, backbone))}
+                             "keep_float": list(ignored_patterns(ctx.quant, backbone)),
+                             "keep_float_why": keep_float_patterns(ctx.quant, backbone)[2]}
     try:
         if not ctx.quant.accuracy_aware:
             return nncf.quantize(model, calibration, **kwargs), facts

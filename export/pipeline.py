@@ -24,7 +24,7 @@ import numpy as np
 from core import io
 from export.base import (FORMATS, PRECISIONS, ExportContext, ExportError, Format, ParityError, QuantConfig,
                          TorchPredictor, artifact_files, artifact_name, calibration_set, file_bytes, file_sha256,
-                         get_format, parity, predict_batched, run_hash)
+                         get_format, keep_float_patterns, parity, predict_batched, run_hash)
 from export.manifest import _key, read_manifest, write_manifest
 
 HUB_USERS = ("openvino", "tensorrt")  # formats built from the FP32 ONNX file when it exists
@@ -67,8 +67,7 @@ def export_runs(runs: Sequence, out_dir: str | Path, formats: Sequence[Format | 
             with contextlib.closing(_export_run(run, fmts, precs, quants, missing, out_dir, verify, starting,
                                                 earlier)) as done:
                 for record in done:
-                    records.append(record)
-                    write_manifest(out_dir, [record])
+                    records.append(commit(out_dir, record))
                     bar.advance(task)
     return records
 
@@ -91,8 +90,7 @@ def _export_parallel(runs, fmts, precs, quants, missing, out_dir, verify, earlie
             if kind == "start":
                 doing[name] = f"{name} {payload}"
             else:
-                got[name].append(payload)
-                write_manifest(out_dir, [payload])
+                got[name].append(commit(out_dir, payload))
                 bar.advance(task)
                 if len(got[name]) == len(fmts) * len(precs):
                     doing.pop(name, None)
@@ -105,7 +103,7 @@ def _export_parallel(runs, fmts, precs, quants, missing, out_dir, verify, earlie
                 for precision in precs:
                     if (fmt.name, precision) not in done:
                         on_message(("record", _name(run), io.json_safe({
-                            **_identity(run, fmt, precision), "status": "failed",
+                            **_identity(run, fmt, precision, out_dir), "status": "failed",
                             "error": f"the export worker stopped: {type(err).__name__}: {err}"})))
 
         run_jobs(_export_job, args, jobs, on_message=on_message, on_error=on_error)
@@ -151,7 +149,8 @@ def _export_run(run, fmts: list[Format], precs: list[str], quants: dict[str, Qua
                 reason = missing[fmt.name] or (None if precision in fmt.precisions
                                                else f"{fmt.name} has no {precision} path")
                 if reason:
-                    yield io.json_safe({**_identity(run, fmt, precision), "status": "skipped", "reason": reason})
+                    yield io.json_safe({**_identity(run, fmt, precision, out_dir), "status": "skipped",
+                                        "reason": reason})
                     continue
                 prev = (earlier or {}).get((run.record["backbone"], fmt.name, precision))
                 if prev is not None and reusable(prev, run, fmt, quants[fmt.name], out_dir, verify):
@@ -161,10 +160,11 @@ def _export_run(run, fmts: list[Format], precs: list[str], quants: dict[str, Qua
                     work = Path(tempfile.mkdtemp(prefix=".tmp-work-", dir=_mkdir(out_dir / _name(run))))
                     try:
                         ctx = make_context(run, quants[fmt.name], work, calibrate=calibrate)
+                        ctx.artifact_dir = out_dir / _name(run)
                     except Exception as err:
                         ctx_error = f"{type(err).__name__}: {err}"
                 if ctx_error:
-                    yield io.json_safe({**_identity(run, fmt, precision), "status": "failed",
+                    yield io.json_safe({**_identity(run, fmt, precision, out_dir), "status": "failed",
                                   "error": f"could not prepare the run: {ctx_error}"})
                 else:
                     yield io.json_safe(export_one(ctx, fmt, precision, out_dir, quants[fmt.name], verify))
@@ -183,11 +183,25 @@ def reusable(prev: dict[str, Any], run, fmt: Format, quant: QuantConfig, out_dir
     if prev.get("run_hash") != run_hash(run) or not _same_versions(prev.get("versions") or {}, fmt):
         return False
     if prev["precision"] == "int8":
-        settings = {k: v for k, v in (prev.get("calibration") or {}).items() if k not in ("n_images", "side")}
+        recorded = prev.get("calibration") or {}
+        settings = {k: v for k, v in recorded.items() if k not in ("n_images", "side", "keep_float")}
         if settings != quant.to_dict():
             return False
+        if {k: recorded.get(k) for k in _keep_float(quant, fmt, run)} != _keep_float(quant, fmt, run):
+            return False  # e.g. the registry's keep-float default changed since
     final = Path(out_dir) / prev["path"]
     return final.exists() and file_sha256(final) == prev.get("sha256")
+
+
+KEEP_FLOAT_FORMATS = ("onnx", "openvino", "tensorrt")  # the INT8 paths that keep layers in float
+
+
+def _keep_float(quant: QuantConfig, fmt: Format, run) -> dict[str, Any]:
+    """``{"keep_float": patterns}`` a format's INT8 build keeps in float for this run (the user's, else the
+    backbone's default); empty for formats that keep nothing in float."""
+    if fmt.name not in KEEP_FLOAT_FORMATS:
+        return {}
+    return {"keep_float": list(keep_float_patterns(quant, run.record["backbone"])[0])}
 
 
 # Libraries every artifact depends on (the model, the ONNX hub file OpenVINO and TensorRT start from);
@@ -236,24 +250,28 @@ def make_context(run, quant: QuantConfig, work_dir: Path, calibrate: bool = True
 
 def export_one(ctx: ExportContext, fmt: Format, precision: str, out_dir: Path, quant: QuantConfig,
                verify: bool = True) -> dict[str, Any]:
-    """Build, load, compare, then move into place; any error becomes a "failed" record."""
+    """Build, load and compare; any error becomes a "failed" record.
+
+    An ok artifact is left in a temporary folder beside its final place (the record's ``_staged``): :func:`commit`
+    puts it in place together with its manifest record."""
     run = ctx.run
     rel = artifact_name(run.record["backbone"], fmt, precision)
     final = out_dir / rel
-    record = _identity(run, fmt, precision)
+    record = _identity(run, fmt, precision, out_dir)
     if fmt.note:
         record["note"] = fmt.note
     if ctx.left_out:  # validation images the parity check left out: recorded as unreadable, or found so now
         record["images_left_out"] = ctx.left_out
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{fmt.name}-{precision}-", dir=_mkdir(final.parent)))
-    t0 = time.perf_counter()
+    t0, staged = time.perf_counter(), False
     try:
         module = importlib.import_module(fmt.module)
         if fmt.name in HUB_USERS and not _try_hub(ctx):
             record["hub_error"] = ctx.facts["hub_error"]  # the target had to start from PyTorch, or fails
         ctx.quant = quant
         if precision == "int8":
-            record["calibration"] = {**quant.to_dict(), "n_images": int(len(ctx.calibration)), "side": "train"}
+            record["calibration"] = {**quant.to_dict(), "n_images": int(len(ctx.calibration)), "side": "train",
+                                     **_keep_float(quant, fmt, run)}
         facts = module.build(ctx, precision, tmp / final.name)
         record.update(facts=facts, export_seconds=round(time.perf_counter() - t0, 3))
         if not (tmp / final.name).exists():
@@ -271,14 +289,65 @@ def export_one(ctx: ExportContext, fmt: Format, precision: str, out_dir: Path, q
                 if verify:
                     raise ParityError(message)
                 record["warning"] = message
-        _move_into_place(tmp / final.name, final)
-        record.update(status="ok", path=rel, bytes=file_bytes(final), sha256=file_sha256(final))
+        built = tmp / final.name
+        record.update(status="ok", path=rel, bytes=file_bytes(built), sha256=file_sha256(built), _staged=str(built))
+        staged = True
     except Exception as err:
         record.update(status="failed", error=f"{type(err).__name__}: {err}")
         record.setdefault("export_seconds", round(time.perf_counter() - t0, 3))
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not staged:
+            shutil.rmtree(tmp, ignore_errors=True)
     return record
+
+
+def commit(out_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Write one record into ``out_dir/manifest.json`` and, for a newly built artifact, put its file(s) in place,
+    as one step: when the manifest cannot be written the new file(s) are removed and an earlier artifact they
+    were replacing is put back, so no file is left on disk that the manifest does not describe."""
+    staged = record.pop("_staged", None)
+    if staged is None:
+        write_manifest(out_dir, [record])
+        return record
+    built, final = Path(staged), Path(out_dir) / record["path"]
+    aside = _set_aside(final)
+    try:
+        _move_into_place(built, final)
+        write_manifest(out_dir, [record])
+    except BaseException as err:
+        _remove_artifact(final)
+        for old, original in aside:
+            os.replace(old, original)
+        if isinstance(err, OSError):
+            raise ExportError(f"could not write {Path(out_dir) / 'manifest.json'} ({err}); {final} was not kept and "
+                              f"the artifact that was there (if any) is back: make {out_dir} writable or export "
+                              "to another --out") from err
+        raise
+    finally:
+        shutil.rmtree(built.parent, ignore_errors=True)
+    for old, _ in aside:
+        _remove_artifact(old)
+    return record
+
+
+def _set_aside(final: Path) -> list[tuple[Path, Path]]:
+    """Rename the files of an artifact already at ``final`` to hidden names beside it: (hidden, original) pairs."""
+    if final.is_dir():
+        present = [final]
+    else:
+        present = [f for f in artifact_files(final) if f.exists()]
+    pairs = [(f.with_name(f".old-{os.getpid()}-{f.name}"), f) for f in present]
+    for hidden, original in pairs:
+        os.replace(original, hidden)
+    return pairs
+
+
+def _remove_artifact(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for f in artifact_files(path):
+        f.unlink(missing_ok=True)
 
 
 def parity_message(ctx: ExportContext, record: dict[str, Any], f: dict[str, Any], verify: bool = True) -> str:
@@ -312,22 +381,14 @@ def _try_hub(ctx: ExportContext) -> bool:
 
 
 def _move_into_place(built: Path, final: Path) -> None:
-    """Side files first, the main file last (each an atomic rename); stale side files of an older build go.
-    A folder artifact (.mlpackage) replaces an older one by two renames, the old folder then removed."""
+    """Side files first, the main file last (each an atomic rename); a folder artifact (.mlpackage) in one rename.
+    The files of an older build are set aside first (:func:`commit`)."""
     if built.is_dir():
-        old = final.parent / f".old-{final.name}-{os.getpid()}"
-        if final.exists():
-            os.replace(final, old)
         os.replace(built, final)
-        shutil.rmtree(old, ignore_errors=True)
         return
     files = artifact_files(built)
     for f in files[1:] + files[:1]:
         os.replace(f, final.parent / f.name)
-    names = {f.name for f in files}
-    for stale in artifact_files(final)[1:]:
-        if stale.name not in names:
-            stale.unlink()
 
 
 def load_artifact(record_or_path: dict[str, Any] | str | Path, out_dir: str | Path | None = None, **options):
@@ -351,9 +412,10 @@ def load_artifact(record_or_path: dict[str, Any] | str | Path, out_dir: str | Pa
 # -------------------------------------------------------------------------------------- helpers
 
 
-def _identity(run, fmt: Format, precision: str) -> dict[str, Any]:
+def _identity(run, fmt: Format, precision: str, out_dir: Path) -> dict[str, Any]:
+    """The fields every record of ``run``'s artifact starts with; ``source_run`` relative to the manifest's folder."""
     return {"backbone": run.record["backbone"], "format": fmt.name, "precision": precision, "status": None,
-            "path": None, "bytes": None, "sha256": None, "source_run": str(Path(run.path).resolve()),
+            "path": None, "bytes": None, "sha256": None, "source_run": io.portable_path(run.path, out_dir),
             "run_hash": run_hash(run), "split_hash": run.record["split"]["hash"],
             "preprocess": run.preprocess.to_dict(), "threshold": run.threshold, "created": io.now(),
             "versions": _versions()}

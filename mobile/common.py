@@ -70,7 +70,7 @@ def deploy_metadata(ctx: ExportContext, precision: str) -> dict[str, str]:
     if "threshold" in record:
         out["cxr_edge.threshold"] = repr(run.threshold)
     if "split" in record:
-        out.update({"cxr_edge.source_run": str(Path(run.path).resolve()), "cxr_edge.run_hash": run_hash(run),
+        out.update({"cxr_edge.source_run": ctx.source_run(), "cxr_edge.run_hash": run_hash(run),
                     "cxr_edge.split_hash": record["split"]["hash"]})
     return out
 

@@ -4,6 +4,7 @@ that cannot be loaded, a TensorRT engine on a CPU machine and an unverified mobi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -43,7 +44,8 @@ def messy_artifacts(tmp_path_factory, clean_artifacts) -> Path:
     manifest["artifacts"] += [
         {**fp32, "format": "openvino", "precision": "int8", "status": "failed", "path": None,
          "error": "ParityError: differs from PyTorch beyond tolerance"},
-        {**fp32, "precision": "int8-broken", "path": "resnet18/broken.onnx", "bytes": 16},
+        {**fp32, "precision": "int8-broken", "path": "resnet18/broken.onnx", "bytes": 16,
+         "sha256": hashlib.sha256(b"not an onnx file").hexdigest()},
         {**fp32, "format": "tensorrt", "precision": "fp16", "path": "resnet18/tensorrt-fp16.engine", "bytes": 12},
         {**fp32, "format": "coreml", "precision": "fp16", "path": "resnet18/model.mlpackage", "verified": False,
          "unverified_reason": "Core ML cannot predict on Linux", "note": "built with coremltools 9.0"},

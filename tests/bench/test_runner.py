@@ -147,6 +147,46 @@ def test_a_missing_run_fails_its_rows_and_the_loop_goes_on(clean_artifacts, tmp_
     assert math.isfinite(doc["seconds"])
 
 
+def _tamper(art):
+    """An ONNX FP32 file with bytes appended that onnxruntime still loads (a second serialised ModelProto merges
+    into the first), and an FP16 file with a block of its largest weight zeroed in place (same size)."""
+    import onnx
+    import onnxruntime as ort
+
+    fp32 = art / "resnet18" / "onnx-fp32.onnx"
+    with open(fp32, "ab") as f:
+        f.write(onnx.ModelProto(doc_string="appended after export").SerializeToString())
+    ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])  # still a model that runs
+    fp16 = art / "resnet18" / "onnx-fp16.onnx"
+    data = bytearray(fp16.read_bytes())
+    weight = max(onnx.load(str(fp16)).graph.initializer, key=lambda t: len(t.raw_data)).raw_data
+    at = data.find(weight) + len(weight) // 2
+    data[at:at + 4096] = bytes(4096)
+    fp16.write_bytes(bytes(data))
+    return fp32, fp16
+
+
+def test_an_artifact_changed_after_export_is_a_failed_row_naming_both_hashes(clean_artifacts, tmp_path):
+    import shutil
+
+    from export.base import file_sha256
+
+    art = tmp_path / "art"
+    shutil.copytree(clean_artifacts, art)
+    recorded = {r["precision"]: r for r in json.loads((art / "manifest.json").read_text())["artifacts"]}
+    fp32, fp16 = _tamper(art)
+    lat = fast_config().latency.__class__(batches=(1,), warmup=0, min_iters=2, budget_s=0.05, rounds=1)
+    doc = runner.bench_artifacts(art, fast_config(n_boot=20, latency=lat), progress=False)
+    for precision, path in (("fp32", fp32), ("fp16", fp16)):
+        row = by(doc, "onnx", precision)
+        assert row["status"] == "failed" and row["error"].startswith("checksum:"), row
+        assert str(path) in row["error"] and file_sha256(path) in row["error"]
+        assert recorded[precision]["sha256"] in row["error"] and "roc_auc" not in row
+        assert row["bytes"] == path.stat().st_size  # the file as it is now, not the manifest's figure
+    assert row["bytes"] == recorded["fp16"]["bytes"] and by(doc, "onnx", "fp32")["bytes"] > recorded["fp32"]["bytes"]
+    assert by(doc, "onnx", "int8")["status"] == "ok" and by(doc, "pytorch", "fp32")["status"] == "ok"
+
+
 @pytest.mark.parametrize("kwargs, message", [({"device": "tpu"}, "device 'tpu' is not known"),
                                              ({"threads": 0}, "threads=0"), ({"n_boot": 0}, "n_boot=0"),
                                              ({"interleave": "never"}, "interleave='never'")])

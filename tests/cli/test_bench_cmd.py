@@ -69,6 +69,25 @@ def test_table_fits_100_columns_and_shows_the_rest_on_request(tmp_path):
     assert bad.exit_code == 2 and "nope is not a column" in bad.output and "Traceback" not in bad.output
 
 
+def test_bench_exits_non_zero_when_no_row_is_ok_but_writes_its_results(clean_artifacts, tmp_path):
+    import shutil
+
+    from core import io
+
+    art = tmp_path / "art"
+    shutil.copytree(clean_artifacts, art)
+    manifest = json.loads((art / "manifest.json").read_text())
+    gone = [{**r, "source_run": str(tmp_path / "gone")} for r in manifest["artifacts"]]
+    io.write_json(art / "manifest.json", {**manifest, "artifacts": gone})
+    out = tmp_path / "res"
+    r = invoke("bench", art, "--out", out, *FAST)
+    assert r.exit_code == 1, r.output
+    assert "no row is ok (4 failed, 0 skipped)" in " ".join(r.output.split()) and "Traceback" not in r.output
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert len(rows) == 4 and all(row["status"] == "failed" for row in rows)
+    assert (out / "table.md").is_file()
+
+
 def test_bad_input_is_one_clear_line(tmp_path):
     r = invoke("bench", tmp_path, "--out", tmp_path / "res", "--batches", "1,x")
     assert r.exit_code == 2 and "--batches '1,x'" in r.output and "Traceback" not in r.output
