@@ -23,7 +23,7 @@ from typing import Any
 
 from bench.compare import changed_picks, factor_words
 from bench.recommend import BUDGETS_MS, describe, recommend
-from bench.report import choice_text
+from bench.choice import choice_text
 from bench.report import markdown as table_markdown
 from core import io
 

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.report import CHOICE_KEY, choice_key, choice_text
+from bench.choice import CHOICE_KEY, choice_key, choice_text
 
 
 @dataclass

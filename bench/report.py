@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from bench.choice import CHOICE_KEY, choice_key, choice_text
 from core import io
 
 TABLE_MD, TABLE_CSV, PARETO_PNG = "table.md", "table.csv", "pareto.png"
@@ -50,22 +51,6 @@ def extra_columns(rows: list[dict[str, Any]]) -> list[str]:
 
 
 #: What the choices (Pareto set, `recommend`, what to ship) rank by, and the words that say so.
-CHOICE_KEY = "val_roc_auc"
-CHOICE_TEXT = "chosen on validation ROC-AUC; figures on test"
-FALLBACK_TEXT = ("chosen on test ROC-AUC: these results hold no validation ROC-AUC (benchmarked before it was "
-                 "scored); bench again to choose on validation")
-
-
-def choice_key(rows: list[dict[str, Any]]) -> str:
-    """``val_roc_auc`` when every ok row with a test ROC-AUC has it, else ``roc_auc`` (older results)."""
-    ok = [r for r in rows if r.get("status") == "ok" and _finite(r.get("roc_auc"))]
-    return CHOICE_KEY if all(_finite(r.get(CHOICE_KEY)) for r in ok) else "roc_auc"
-
-
-def choice_text(rows: list[dict[str, Any]]) -> str:
-    return CHOICE_TEXT if choice_key(rows) == CHOICE_KEY else FALLBACK_TEXT
-
-
 def mark_pareto(rows: list[dict[str, Any]], batch: int = 1) -> None:
     """Set ``pareto_latency`` and ``pareto_bytes`` on every row (False for rows that are not ok), ranking by
     :func:`choice_key`."""

@@ -44,7 +44,7 @@ import numpy as np
 from bench import cost, latency
 from bench.accuracy import accuracy_columns, agreement_columns
 from bench.backends import Target, artifact_targets, torch_targets
-from bench.report import CHOICE_TEXT
+from bench.choice import CHOICE_TEXT
 from bench.results_file import RESULTS_FORMAT
 from bench.settings import BenchConfig, method_text
 from core.data import known_patients

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +66,12 @@ class Checkpoint:
         io.write_json(self.folder / "state.json", {"state": state, "config": config,
                                                    "param_groups": sd["param_groups"], "scalars": scalars})
 
-    def load(self, model: nn.Module, opt: torch.optim.Optimizer, config: dict) -> dict[str, Any]:
-        from core.train import TrainConfig
-
+    def load(self, model: nn.Module, opt: torch.optim.Optimizer, config: dict,
+             differences: Callable[..., str]) -> dict[str, Any]:
+        """Restore model and optimizer; ``differences(saved, now, ignore=...)`` (``TrainConfig.differences``, passed
+        in so that this module does not import the trainer that imports it) must find none but resumable ones."""
         saved = json.loads((self.folder / "state.json").read_text())
-        detail = TrainConfig.differences(saved["config"], config, ignore=_RESUMABLE_DIFFS)
+        detail = differences(saved["config"], config, ignore=_RESUMABLE_DIFFS)
         if detail:
             raise RunError(f"cannot resume {self.folder.parent}: its settings differ ({detail}); "
                            f"use the same settings, or --force to start over")

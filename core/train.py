@@ -389,7 +389,7 @@ def fit(config: TrainConfig, split: Split, sides: dict[str, SideImages], run_dir
 
         ema = ModelEmaV3(model, decay=config.ema_decay, use_warmup=True)
     if resume and ckpt.exists():
-        state = ckpt.load(model, opt, config.to_dict())
+        state = ckpt.load(model, opt, config.to_dict(), TrainConfig.differences)
         if ema is not None and (ckpt.folder / "ema.safetensors").is_file():
             ema.module.load_state_dict(io.load_tensors(ckpt.folder / "ema.safetensors"))
     selected = ema.module if ema is not None else model  # the weights scored on validation and kept
