@@ -151,3 +151,27 @@ def test_from_scratch_head_epochs_are_said_plainly(tiny_split, sides, tmp_path):
     rec = fit(_config(backbone="gapcnn", freeze_epochs=1), tiny_split, sides, tmp_path / "run").record
     assert "random initial weights" in rec["freeze"]["note"]
     assert json.loads((tmp_path / "run" / "run.json").read_text())["freeze"]["head"] == "fc"
+
+
+def test_a_run_interrupted_after_its_head_only_epoch_resumes_to_the_same_model(tiny_split, sides, tmp_path,
+                                                                             monkeypatch):
+    import core.train as train_mod
+
+    config = _config(backbone="gapcnn", freeze_epochs=1, backbone_lr_scale=0.5, optimizer="adam")
+    full = fit(config, tiny_split, sides, tmp_path / "full")
+    real = train_mod.train_one_epoch
+
+    def interrupt_second_epoch(*args, epoch, **kw):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(*args, epoch=epoch, **kw)
+
+    monkeypatch.setattr(train_mod, "train_one_epoch", interrupt_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, tiny_split, sides, tmp_path / "cut")
+    monkeypatch.setattr(train_mod, "train_one_epoch", real)
+    resumed = fit(config, tiny_split, sides, tmp_path / "cut", resume=True)
+    assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in full.history])
+    a = runs.load_run(tmp_path / "full").build_model().state_dict()
+    b = runs.load_run(tmp_path / "cut").build_model().state_dict()
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
