@@ -9,7 +9,6 @@ tensor of the state dict as it was.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 from torch import nn
@@ -83,9 +82,14 @@ def frozen_norms_to_eval(model: nn.Module, head_only: bool, prefixes: tuple[str,
 def param_groups(model: nn.Module, lr: float, backbone_lr_scale: float) -> list[dict[str, Any]]:
     """Optimizer groups: the head at ``lr``, the backbone at ``lr * backbone_lr_scale``. Each group keeps its
     ``lr_scale`` so the schedule can set ``lr`` per step. Frozen parameters get no gradient, so the optimizer
-    leaves them (and their weight decay) alone until they are unfrozen."""
-    head = head_name(model)
+    leaves them (and their weight decay) alone until they are unfrozen.
+
+    With ``backbone_lr_scale`` 1 there is one group of all parameters in the model's order, as before these options
+    existed, so that checkpoints of interrupted runs from then still resume."""
     named = list(model.named_parameters())
+    if backbone_lr_scale == 1.0:
+        return [{"params": [p for _, p in named], "lr_scale": 1.0, "name": "all", "lr": lr}]
+    head = head_name(model)
     groups = [{"params": [p for n, p in named if _under(n, (head,))], "lr_scale": 1.0, "name": "head"},
               {"params": [p for n, p in named if not _under(n, (head,))], "lr_scale": backbone_lr_scale,
                "name": "backbone"}]
@@ -93,8 +97,3 @@ def param_groups(model: nn.Module, lr: float, backbone_lr_scale: float) -> list[
         g["lr"] = lr * g["lr_scale"]
     return [g for g in groups if g["params"]]
 
-
-def backbone_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
-    """Every parameter outside the classifier head."""
-    head = head_name(model)
-    return ((n, p) for n, p in model.named_parameters() if not _under(n, (head,)))

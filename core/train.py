@@ -21,10 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core import io, registry
+from core import freeze, io, registry
 from core.datasets import SideImages
 from core.distributed import Dist
-from core import freeze
 from core.losses import LOSSES, make_loss
 from core.metrics import choose_operating_point, roc_auc_or_nan, summarize
 from core.preprocess import Preprocess

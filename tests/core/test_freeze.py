@@ -109,7 +109,7 @@ def test_adam_constant_rate_and_weighted_bce_are_used_and_recorded(tiny_split, s
     assert rec["loss"]["class_weights"] == pytest.approx({"NORMAL": n / (2 * n0), "PNEUMONIA": n / (2 * n1)})
     assert rec["loss"]["train_counts"] == {"NORMAL": n0, "PNEUMONIA": n1}
     assert rec["optimizer"]["name"] == "Adam" and rec["optimizer"]["weight_decay_kind"] == "L2 term in the gradient"
-    assert [s["lr"]["head"] for s in seen] == [1e-3, 1e-3] and [h["lr_end"] for h in rec["history"]] == [1e-3, 1e-3]
+    assert [s["lr"] for s in seen] == [{"all": 1e-3}, {"all": 1e-3}] and [h["lr_end"] for h in rec["history"]] == [1e-3, 1e-3]
     assert rec["architecture"] == {"source": "cxr-edge:cnn3", "title": "3-layer CNN", "group": "baseline",
                                    "input_size_fixed": True}
     assert rec["config"]["loss"] == "weighted-bce" and rec["timm_id"] is None
@@ -175,3 +175,15 @@ def test_a_run_interrupted_after_its_head_only_epoch_resumes_to_the_same_model(t
     a = runs.load_run(tmp_path / "full").build_model().state_dict()
     b = runs.load_run(tmp_path / "cut").build_model().state_dict()
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+
+
+def test_param_groups_split_head_and_backbone_only_when_their_rates_differ():
+    from core import freeze, registry
+
+    model = registry.get("gapcnn").build(32)
+    one = freeze.param_groups(model, 1e-3, 1.0)
+    # one group in the model's own order: the optimizer state of runs interrupted before these options still loads
+    assert len(one) == 1 and [id(p) for p in one[0]["params"]] == [id(p) for p in model.parameters()]
+    two = freeze.param_groups(model, 1e-3, 0.1)
+    assert [(g["name"], g["lr"]) for g in two] == [("head", 1e-3), ("backbone", pytest.approx(1e-4))]
+    assert {id(p) for p in two[0]["params"]} == {id(model.fc.weight), id(model.fc.bias)}
