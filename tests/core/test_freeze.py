@@ -109,7 +109,8 @@ def test_adam_constant_rate_and_weighted_bce_are_used_and_recorded(tiny_split, s
     assert rec["loss"]["class_weights"] == pytest.approx({"NORMAL": n / (2 * n0), "PNEUMONIA": n / (2 * n1)})
     assert rec["loss"]["train_counts"] == {"NORMAL": n0, "PNEUMONIA": n1}
     assert rec["optimizer"]["name"] == "Adam" and rec["optimizer"]["weight_decay_kind"] == "L2 term in the gradient"
-    assert [s["lr"] for s in seen] == [{"all": 1e-3}, {"all": 1e-3}] and [h["lr_end"] for h in rec["history"]] == [1e-3, 1e-3]
+    assert [s["lr"] for s in seen] == [{"all": 1e-3}, {"all": 1e-3}]
+    assert [h["lr_end"] for h in rec["history"]] == [1e-3, 1e-3]
     assert rec["architecture"] == {"source": "cxr-edge:cnn3", "title": "3-layer CNN", "group": "baseline",
                                    "input_size_fixed": True}
     assert rec["config"]["loss"] == "weighted-bce" and rec["timm_id"] is None
