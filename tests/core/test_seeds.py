@@ -60,8 +60,8 @@ def test_just_seeds_runs_end_to_end_at_a_tiny_setting(tmp_path, tiny_synthetic):
         pytest.skip(f"`just` or cxr-edge not found beside {sys.executable} (install the dev extra)")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = tmp_path / "runs"
-    r = subprocess.run([just, f"bin={bin_dir}", "seeds", f"data={tiny_synthetic / 'manifest.csv'}", "size=32", "epochs_cnn=1",
-                        "epochs_head=1", "epochs_tune=1", "batch=8", f"out={out}", "threads=2"],
+    r = subprocess.run([just, f"bin={bin_dir}", "seeds", f"data={tiny_synthetic / 'manifest.csv'}", "size=32",
+                        "epochs_cnn=1", "epochs_head=1", "epochs_tune=1", "batch=8", f"out={out}", "threads=2"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "| `cnn3` |" in r.stdout and "| `resnet18` |" in r.stdout and "0.933 |" in r.stdout
