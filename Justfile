@@ -182,6 +182,35 @@ kermany *args:
         --caption "All seven backbones ${init_words}, recipe ${recipe}, ${size} px, CNNs ${epochs} epochs and ViT-B/16 ${vit_epochs} (its compute is 10x a CNN's), batch 16, focal loss, on one patient-wise split of ${data}; benchmarked on ${device}."
     {{bin}}/cxr-edge table "$results"
 
+# The seed study's two configurations on the Kermany images (docs/seeds.md): cnn3 from scratch, and ResNet-18 with
+# its new head alone for epochs_head epochs, then layer4 too at a 10x lower rate for epochs_tune; both Adam 1e-3
+# (constant), class-weighted BCE. Evaluated on the internal test side and printed beside the study's accuracy.
+# weights=FILE: ResNet-18 from a local timm ImageNet state dict; without it (no hub here) from scratch, said plainly.
+# On a CPU, shorter: `just seeds size=128 epochs_cnn=3 epochs_head=1 epochs_tune=2`.
+seeds *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    data=../shared/data/kermany-cxr-224 size=224 epochs_cnn=10 epochs_head=5 epochs_tune=5 batch=32 weights=
+    out=runs-seeds device=auto threads=
+    source tools/recipe-args.sh "data size epochs_cnn epochs_head epochs_tune batch weights out device threads" "$@"
+    common=(--data "$data" --size "$size" --batch-size "$batch" --out "$out" --device "$device" --resume
+            --optimizer adam --schedule constant --lr 1e-3 --weight-decay 0 --loss weighted-bce)
+    [ -n "$threads" ] && common+=(--threads "$threads")
+    epochs_resnet=$((epochs_head + epochs_tune))
+    init=() init_words="FROM SCRATCH, not from ImageNet weights (none reachable here): its head-only epochs train"
+    init_words+=" a head on a randomly initialised backbone, which is not the study's transfer-learning start"
+    init_words+=" (weights=FILE gives that)"
+    [ -n "$weights" ] && { init=(--weights "$weights"); init_words="from the ImageNet weights in $weights"; }
+    echo "seed configuration 1: cnn3 from scratch, $epochs_cnn epochs, ${size} px"
+    {{bin}}/cxr-edge train cnn3 "${common[@]}" --epochs "$epochs_cnn" --patience "$epochs_cnn"
+    echo "seed configuration 2: resnet18 ${init_words}; head only for $epochs_head epochs, then layer4 at 0.1x lr" \
+        "for $epochs_tune, ${size} px"
+    {{bin}}/cxr-edge train resnet18 "${common[@]}" "${init[@]}" --epochs "$epochs_resnet" --patience "$epochs_resnet" \
+        --freeze-epochs "$epochs_head" --unfreeze layer4 --backbone-lr-scale 0.1
+    {{bin}}/cxr-edge evaluate "$out/cnn3" "$out/resnet18" --split test --out "$out/evaluate-test.json"
+    {{bin}}/python -m core.seeds "$out/evaluate-test.json"
+    echo "resnet18 was trained ${init_words}."
+
 # pytest-benchmark microbenchmarks of each backend's predictor (not part of `just test`); extra args to pytest
 bench-micro *args:
     CXR_EDGE_MICRO=1 {{bin}}/python -m pytest tests/bench/micro -q "$@"

@@ -45,6 +45,8 @@ def _stage_grids(backbone: str, model, size: int) -> list[tuple[str, int]]:
         stages = [(f"features.{n}", m) for n, m in model.features.named_children()]
     elif "blocks" in names and not hasattr(model, "patch_embed"):  # EfficientNet, MobileNets
         stages = [(f"blocks.{n}", m) for n, m in model.blocks.named_children()]
+    elif isinstance(getattr(model, "feature_info", None), list):  # the baselines (core/baselines.py): timm's format
+        stages = [(f["module"], model.get_submodule(f["module"])) for f in model.feature_info]
     else:
         raise ValueError(f"no stages known for {backbone}; add them to bench.sanity._stage_grids")
     grids: dict[str, int] = {}

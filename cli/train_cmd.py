@@ -44,6 +44,21 @@ CutMix = Annotated[float, typer.Option("--cutmix", min=0.0, max=1.0,
                                        "0 = off, as in the paper. Needs an even --batch-size.")]
 Recipe = Annotated[str, typer.Option("--recipe", help="Named training recipe (core/recipes.py; docs/recipes.md): "
                                       "baseline, strong-aug, equalize, smooth-ema, lean. Recorded in run.json.")]
+Loss = Annotated[str, typer.Option("--loss", help="focal (the paper's; --gamma, --alpha), bce, or weighted-bce "
+                                  "(binary cross-entropy with class weights n / (2 n_class) from the training "
+                                  "side's class frequencies). Recorded in run.json's loss block.")]
+Optimizer = Annotated[str, typer.Option("--optimizer", help="adamw (decoupled --weight-decay) or adam (torch Adam: "
+                                        "--weight-decay as an L2 term; pass --weight-decay 0 for Keras' Adam).")]
+Schedule = Annotated[str, typer.Option("--schedule", help="cosine (linear warm-up, then cosine decay) or constant "
+                                       "(--lr throughout, no warm-up).")]
+FreezeEpochs = Annotated[int, typer.Option("--freeze-epochs", help="Train only the new classifier head for this many "
+                                           "epochs (frozen BatchNorm keeps its statistics), then unfreeze --unfreeze. "
+                                           "Meant for a pretrained start (--pretrained / --weights).")]
+Unfreeze = Annotated[str, typer.Option("--unfreeze", help="Modules that train after the head-only epochs: "
+                                       "comma-separated dotted prefixes (e.g. layer4), or all.")]
+BackboneLrScale = Annotated[float, typer.Option("--backbone-lr-scale", help="Learning rate multiplier of the "
+                                                "backbone's (non-head) parameters, e.g. 0.1 to fine-tune at a 10x "
+                                                "lower rate.")]
 SplitFile = Annotated[Path | None, typer.Option("--split-file", help="Use this saved split instead of making one.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue interrupted runs from their last epoch.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace existing runs in --out.")]
@@ -55,7 +70,8 @@ Jobs = Annotated[int, typer.Option("--jobs", "-j", min=1,
 
 def _run(names, data, out_dir, size, epochs, batch_size, lr, weight_decay, gamma, alpha, patience, seed, pretrained,
          weights, device, threads, no_augment, split_file, split, split_seed, ratios, skip_bad, synthetic_images,
-         resume, force, progress, jobs=1, cutmix=0.0, synthetic_size=128, recipe="baseline") -> None:
+         resume, force, progress, jobs=1, cutmix=0.0, synthetic_size=128, recipe="baseline", *, loss="focal",
+         optimizer="adamw", schedule="cosine", freeze_epochs=0, unfreeze="all", backbone_lr_scale=1.0) -> None:
     from core import recipes
     from core.pipeline import DataConfig, train_backbones
     from core.synthetic import SyntheticSpec
@@ -67,7 +83,8 @@ def _run(names, data, out_dir, size, epochs, batch_size, lr, weight_decay, gamma
                        weight_decay=weight_decay, gamma=gamma, alpha=alpha, patience=patience, seed=seed,
                        augment=not no_augment, cutmix=cutmix, pretrained=pretrained,
                        weights=str(weights) if weights else None,
-                       device=device, threads=threads)
+                       device=device, threads=threads, loss=loss, optimizer=optimizer, schedule=schedule,
+                       freeze_epochs=freeze_epochs, unfreeze=unfreeze, backbone_lr_scale=backbone_lr_scale)
     base = recipes.apply(base, recipe)
     data_cfg = DataConfig(data=data, split_file=str(split_file) if split_file else None, split_method=split,
                           split_seed=split_seed, ratios=parse_ratios(ratios), skip_bad=skip_bad,
@@ -93,7 +110,8 @@ def _run(names, data, out_dir, size, epochs, batch_size, lr, weight_decay, gamma
 def train(
     backbones: Annotated[list[str], typer.Argument(help="Backbone name(s): resnet18, resnet50, densenet121, "
                                                    "efficientnet_b0, mobilenetv2_100, mobilenetv3_large_100, "
-                                                   "vit_base_patch16_224.")],
+                                                   "vit_base_patch16_224; the seed studies' baselines cnn3, "
+                                                   "gapcnn; or the groups all, baselines.")],
     data: Data = "synthetic", out_dir: Out = Path("runs"), size: Size = 64, epochs: Epochs = 4,
     batch_size: Batch = 16, lr: Lr = 4e-3, weight_decay: Wd = 0.05, gamma: Gamma = 2.0, alpha: Alpha = None,
     patience: Patience = 5, seed: Seed = 42, pretrained: Pretrained = False, weights: Weights = None,
@@ -101,7 +119,8 @@ def train(
     split: SplitMethod = "patient", split_seed: SplitSeed = 42, ratios: Ratios = "0.7,0.15,0.15",
     skip_bad: SkipBad = False, synthetic_images: SynthN = SyntheticSpec.n_images, resume: Resume = False, force: Force = False,
     jobs: Jobs = 1, progress: Progress = True, cutmix: CutMix = 0.0, synthetic_size: SynthSize = SyntheticSpec.size,
-    recipe: Recipe = "baseline",
+    recipe: Recipe = "baseline", loss: Loss = "focal", optimizer: Optimizer = "adamw", schedule: Schedule = "cosine",
+    freeze_epochs: FreezeEpochs = 0, unfreeze: Unfreeze = "all", backbone_lr_scale: BackboneLrScale = 1.0,
 ) -> None:
     """Train one or more backbones with focal loss on a patient-wise split; one run folder each.
 
@@ -112,12 +131,15 @@ def train(
 
     _run(parse_names(backbones), data, out_dir, size, epochs, batch_size, lr, weight_decay, gamma, alpha, patience,
          seed, pretrained, weights, device, threads, no_augment, split_file, split, split_seed, ratios, skip_bad,
-         synthetic_images, resume, force, progress, jobs, cutmix, synthetic_size, recipe)
+         synthetic_images, resume, force, progress, jobs, cutmix, synthetic_size, recipe, loss=loss,
+         optimizer=optimizer, schedule=schedule, freeze_epochs=freeze_epochs, unfreeze=unfreeze,
+         backbone_lr_scale=backbone_lr_scale)
 
 
 @friendly
 def train_all(
-    backbones: Annotated[str, typer.Option("--backbones", "-b", help="Comma-separated names, or 'all'.")] = "all",
+    backbones: Annotated[str, typer.Option("--backbones", "-b", help="Comma-separated names, or the groups 'all' "
+                                           "(the paper's seven) and 'baselines' (cnn3, gapcnn).")] = "all",
     data: Data = "synthetic", out_dir: Out = Path("runs"), size: Size = 64, epochs: Epochs = 4,
     batch_size: Batch = 16, lr: Lr = 4e-3, weight_decay: Wd = 0.05, gamma: Gamma = 2.0, alpha: Alpha = None,
     patience: Patience = 5, seed: Seed = 42, pretrained: Pretrained = False,
@@ -125,14 +147,17 @@ def train_all(
     split: SplitMethod = "patient", split_seed: SplitSeed = 42, ratios: Ratios = "0.7,0.15,0.15",
     skip_bad: SkipBad = False, synthetic_images: SynthN = SyntheticSpec.n_images, resume: Resume = False, force: Force = False,
     jobs: Jobs = 1, progress: Progress = True, cutmix: CutMix = 0.0, synthetic_size: SynthSize = SyntheticSpec.size,
-    recipe: Recipe = "baseline",
+    recipe: Recipe = "baseline", loss: Loss = "focal", optimizer: Optimizer = "adamw", schedule: Schedule = "cosine",
+    freeze_epochs: FreezeEpochs = 0, unfreeze: Unfreeze = "all", backbone_lr_scale: BackboneLrScale = 1.0,
 ) -> None:
-    """Train all seven backbones (or --backbones) with identical settings on one saved split."""
+    """Train all seven backbones (or --backbones, e.g. all,baselines) with identical settings on one saved split."""
     from core.registry import parse_names
 
     _run(parse_names(backbones), data, out_dir, size, epochs, batch_size, lr, weight_decay, gamma, alpha, patience,
          seed, pretrained, None, device, threads, no_augment, split_file, split, split_seed, ratios, skip_bad,
-         synthetic_images, resume, force, progress, jobs, cutmix, synthetic_size, recipe)
+         synthetic_images, resume, force, progress, jobs, cutmix, synthetic_size, recipe, loss=loss,
+         optimizer=optimizer, schedule=schedule, freeze_epochs=freeze_epochs, unfreeze=unfreeze,
+         backbone_lr_scale=backbone_lr_scale)
 
 
 @friendly

@@ -126,3 +126,71 @@ def alpha_from_frequency(labels: Sequence[int] | np.ndarray | Tensor) -> float:
             "alpha_from_frequency needs both classes to weigh one against the other"
         )
     return n_neg / n
+
+
+LOSSES = ("focal", "bce", "weighted-bce")  # --loss choices; focal is the paper's
+
+
+class ClassWeightedBCE(torch.nn.Module):
+    """Binary cross-entropy with one weight per class, as Keras' ``class_weight`` applies it: each image's loss is
+    multiplied by the weight of its class (soft targets: ``w1 * y * -log p + w0 * (1 - y) * -log(1 - p)``).
+
+    ``weights`` is ``(w_NORMAL, w_PNEUMONIA)``; :func:`class_weights_from_frequency` takes them from the training
+    labels. ``(1, 1)`` is plain BCE.
+    """
+
+    def __init__(self, weights: tuple[float, float] = (1.0, 1.0), reduction: str = "mean") -> None:
+        super().__init__()
+        if len(weights) != 2 or not all(np.isfinite(w) and w >= 0 for w in weights):
+            raise ValueError(f"class weights {weights!r} are not allowed; give two finite numbers >= 0 "
+                             "(NORMAL, PNEUMONIA)")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction={reduction!r} is not known; choose one of {', '.join(REDUCTIONS)}")
+        self.weights = (float(weights[0]), float(weights[1]))
+        self.reduction = reduction
+
+    def extra_repr(self) -> str:
+        return f"weights={self.weights}, reduction={self.reduction!r}"
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        x, y = _flatten_pair(logits, targets)
+        w0, w1 = self.weights
+        loss = w1 * y * F.softplus(-x) + w0 * (1 - y) * F.softplus(x)  # -log sigmoid(x), -log(1 - sigmoid(x))
+        if self.reduction == "mean":
+            return loss.mean()
+        if self.reduction == "sum":
+            return loss.sum()
+        return loss
+
+
+def class_weights_from_frequency(labels: Sequence[int] | np.ndarray | Tensor) -> tuple[float, float]:
+    """``(w_NORMAL, w_PNEUMONIA)`` from training labels: scikit-learn's ``compute_class_weight("balanced")``,
+    ``n / (2 * n_class)``, so that each class contributes half of the loss (Kermany's ~27 % NORMAL: ~1.85, ~0.68)."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    alpha_from_frequency(labels)  # the same checks: not empty, 0/1 only, both classes present
+    arr = labels.detach().cpu().numpy() if isinstance(labels, Tensor) else np.asarray(labels)
+    w = compute_class_weight("balanced", classes=np.array([0, 1]), y=arr.reshape(-1).astype(int))
+    return float(w[0]), float(w[1])
+
+
+def make_loss(name: str, labels: Sequence[int] | np.ndarray | Tensor, *, gamma: float = 2.0,
+              alpha: float | None = None) -> tuple[torch.nn.Module, dict]:
+    """The training loss ``name`` (one of :data:`LOSSES`) for a training side with ``labels``, and its record for
+    run.json (what it is and where its weights came from)."""
+    arr = labels.detach().cpu().numpy() if isinstance(labels, Tensor) else np.asarray(labels)
+    counts = {"NORMAL": int(np.count_nonzero(arr == 0)), "PNEUMONIA": int(np.count_nonzero(arr == 1))}
+    if name == "focal":
+        a = alpha if alpha is not None else alpha_from_frequency(arr)
+        return FocalLoss(gamma=gamma, alpha=a), {
+            "name": "sigmoid focal", "gamma": gamma, "alpha": a,
+            "alpha_source": "config" if alpha is not None else "training-side class frequency"}
+    if name == "bce":
+        return ClassWeightedBCE((1.0, 1.0)), {"name": "binary cross-entropy", "class_weights": None}
+    if name == "weighted-bce":
+        w = class_weights_from_frequency(arr)
+        return ClassWeightedBCE(w), {
+            "name": "class-weighted binary cross-entropy", "class_weights": {"NORMAL": w[0], "PNEUMONIA": w[1]},
+            "weights_source": "training-side class frequency: n / (2 * n_class) (scikit-learn 'balanced')",
+            "train_counts": counts}
+    raise ValueError(f"loss {name!r} is not known; choose one of {', '.join(LOSSES)}")

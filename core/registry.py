@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from core import baselines
 from core.preprocess import Preprocess
 
 
@@ -23,7 +24,7 @@ class RegistryError(ValueError):
 @dataclass(frozen=True)
 class Backbone:
     name: str
-    timm_id: str
+    timm_id: str | None  # None: built by ``constructor`` (a baseline of this project, not a timm model)
     title: str  # as the paper and tables name it
     cam_layer: str  # dotted path of the Grad-CAM target layer
     family: str  # "cnn" or "vit"
@@ -44,6 +45,11 @@ class Backbone:
     # OpenVINO's Multiply). ``keep_float_why`` is copied into every INT8 record that keeps them.
     keep_float: tuple[str, ...] = ()
     keep_float_why: str = ""
+    # Builds a model that is not timm's: ``constructor(img_size, num_classes=..., **kwargs)``; the model offers timm's
+    # surface (get_classifier, forward_head, num_features, pretrained_cfg, feature_info). See core/baselines.py.
+    constructor: Callable[..., nn.Module] | None = None
+    group: str = "paper"  # "paper": one of the seven (`all`); "baseline": the seed studies' own models (`baselines`)
+    size_bound: bool = False  # a layer (a flatten + dense) fixes the input size to the one it was built for
 
     def build(
         self,
@@ -62,6 +68,9 @@ class Backbone:
         dropped and a fresh one of ``num_classes`` outputs is made, as timm does for fine-tuning.
         A missing source is an error, never a silent fall-back to random weights.
         """
+        if self.constructor is not None:
+            return self._build_own(size, pretrained=pretrained, weights=weights, num_classes=num_classes,
+                                   drop_rate=drop_rate)
         import timm
 
         kwargs: dict = {"num_classes": num_classes, **dict(self.timm_kwargs)}
@@ -106,10 +115,49 @@ class Backbone:
                 ) from err
         return timm.create_model(self.timm_id, pretrained=False, **kwargs)
 
+    def _build_own(self, size: int, *, pretrained: bool, weights: str | Path | None, num_classes: int,
+                   drop_rate: float) -> nn.Module:
+        """A model of ``constructor``; ``weights`` is a state dict of the same architecture at the same size (e.g.
+        another run's model.safetensors), whose classifier is replaced by a fresh one."""
+        if pretrained:
+            raise RegistryError(f"{self.name} has no ImageNet weights on timm's hub; train it from scratch (drop "
+                                f"--pretrained) or pass --weights FILE with a {self.name} state dict")
+        kwargs: dict = {"drop_rate": drop_rate} if drop_rate else {}
+        model = self.constructor(size, num_classes=num_classes, **kwargs)
+        if weights is None:
+            return model
+        path = Path(weights)
+        if not path.is_file():
+            raise RegistryError(f"weights file {str(path)!r} does not exist; give the path of a {self.name} "
+                                f"state dict (.safetensors)")
+        from timm.models import load_state_dict
+
+        try:
+            state = load_state_dict(str(path))
+        except Exception as err:  # safetensors and torch raise many types for a file that is not theirs
+            raise RegistryError(f"could not read {self.name} weights from {str(path)!r}: {err}") from err
+        head = model.pretrained_cfg["classifier"]
+        body = {k: v for k, v in state.items() if not k.startswith(f"{head}.")}
+        own = {k: v for k, v in model.state_dict().items() if not k.startswith(f"{head}.")}
+        wrong = sorted(k for k in own if k not in body or tuple(body[k].shape) != tuple(own[k].shape))
+        if wrong or set(body) - set(own):
+            extra = sorted(set(body) - set(own))
+            raise RegistryError(
+                f"could not load {self.name} weights from {str(path)!r}: {len(wrong)} tensors missing or of another "
+                f"shape (e.g. {', '.join(wrong[:3]) or '-'}), {len(extra)} unexpected. The file must be a state dict "
+                f"of {self.name} at {size} px" + (" (its dense layer fixes the input size)" if self.size_bound else ""))
+        model.load_state_dict(body, strict=False)
+        return model
+
     @property
     def supports_drop_path(self) -> bool:
-        """Whether timm's model of this backbone has stochastic depth (DenseNet has none)."""
-        return not self.timm_id.startswith("densenet")
+        """Whether the model of this backbone has stochastic depth (timm's DenseNet and the baselines have none)."""
+        return self.timm_id is not None and not self.timm_id.startswith("densenet")
+
+    @property
+    def source(self) -> str:
+        """Where the architecture comes from, as run records name it: ``timm:<id>`` or ``cxr-edge:<name>``."""
+        return f"timm:{self.timm_id}" if self.timm_id else f"cxr-edge:{self.name}"
 
     def cam_target(self, model: nn.Module) -> nn.Module:
         return model.get_submodule(self.cam_layer)
@@ -180,26 +228,42 @@ BACKBONES: dict[str, Backbone] = {
         # epochs on the synthetic set). fc_norm=False keeps timm's `norm`, so ImageNet weights load whole.
         Backbone("vit_base_patch16_224", "vit_base_patch16_224", "ViT-B/16", "blocks.11.norm1", "vit", patch_size=16,
                  lr_scale=0.0625, train_cost=4.9, timm_kwargs=(("global_pool", "avg"), ("fc_norm", False))),
+        # The seed studies' own small CNNs (core/baselines.py), trained from scratch; not part of `all`. Their
+        # train_cost: a quarter of MobileNet-V3-Large's step time, measured side by side on a loaded 2-core machine.
+        Backbone("cnn3", None, "3-layer CNN", "features.2", "cnn", train_cost=0.06, constructor=baselines.cnn3,
+                 group="baseline", size_bound=True),
+        Backbone("gapcnn", None, "GAP CNN", "features.3", "cnn", train_cost=0.06, constructor=baselines.gapcnn,
+                 group="baseline"),
     )
 }
-NAMES: tuple[str, ...] = tuple(BACKBONES)
+NAMES: tuple[str, ...] = tuple(n for n, b in BACKBONES.items() if b.group == "paper")  # `all`: the paper's seven
+BASELINES: tuple[str, ...] = tuple(n for n, b in BACKBONES.items() if b.group == "baseline")  # `baselines`
+KNOWN: tuple[str, ...] = tuple(BACKBONES)
+GROUPS: dict[str, tuple[str, ...]] = {"all": NAMES, "baselines": BASELINES}
 
 
 def get(name: str) -> Backbone:
     try:
         return BACKBONES[name]
     except KeyError:
-        raise RegistryError(f"backbone {name!r} is not known; choose one of {', '.join(NAMES)}") from None
+        raise RegistryError(f"backbone {name!r} is not known; choose one of {', '.join(KNOWN)} "
+                            f"(or the groups {', '.join(GROUPS)})") from None
 
 
 def parse_names(spec: str | list[str] | None) -> list[str]:
-    """'all' / None / 'a,b' / ['a','b'] -> validated list of backbone names, in registry order."""
-    if spec is None or spec == "all" or spec == ["all"]:
+    """'all' / None / 'a,b' / ['a','b'] -> validated list of backbone names, each once, in the order given.
+
+    ``all`` stands for the paper's seven, ``baselines`` for the seed studies' own models (``all,baselines``: both).
+    """
+    if spec is None:
         return list(NAMES)
     items = spec.split(",") if isinstance(spec, str) else [s for part in spec for s in part.split(",")]
-    names = [s.strip() for s in items if s.strip()]
-    for n in names:
-        get(n)
+    names: list[str] = []
+    for item in (s.strip() for s in items):
+        for n in GROUPS.get(item, (item,) if item else ()):
+            get(n)
+            if n not in names:
+                names.append(n)
     if not names:
-        raise RegistryError(f"no backbone given; choose from {', '.join(NAMES)} or 'all'")
+        raise RegistryError(f"no backbone given; choose from {', '.join(KNOWN)} or {' / '.join(GROUPS)}")
     return names

@@ -35,7 +35,8 @@ class RunError(RuntimeError):
 def write_run(run_dir: Path, model: nn.Module, record: dict[str, Any], split: Split) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     split.save(run_dir / "split.json")
-    meta = {"backbone": record["backbone"], "format": RUN_FORMAT, "split_hash": split.hash}
+    meta = {"backbone": record["backbone"], "format": RUN_FORMAT, "split_hash": split.hash,
+            "size": str(record["preprocess"]["size"])}
     io.save_tensors(run_dir / WEIGHTS, model.state_dict(), metadata=meta)
     record = {**record, "weights": {"file": WEIGHTS, "sha256": weights_sha256(run_dir / WEIGHTS)}}
     io.write_json(run_dir / "run.json", record)  # last: its presence marks a complete run
@@ -66,7 +67,7 @@ def looks_like(path: str | Path, size: int) -> str | None:
         shapes, meta = _shapes_of(Path(path))
     except Exception:  # not a safetensors file at all: nothing to tell
         return None
-    for name in registry.NAMES:
+    for name in registry.KNOWN:
         try:
             with torch.device("meta"):
                 model = registry.get(name).build(size)
@@ -144,9 +145,21 @@ class Run:
             )
         return actual
 
+    def _check_size(self) -> None:
+        """The weights' recorded input size against the run's: a size-bound model (cnn3's flatten + dense) fits only
+        the size it was trained at."""
+        trained = _shapes_of(self.weights_path)[1].get("size")
+        size = self.preprocess.size
+        if trained is not None and int(trained) != size:
+            bound = " (its dense layer fixes the input size)" if self.backbone.size_bound else ""
+            raise RunError(f"{self.weights_path} holds {self.record['backbone']} weights trained at {trained} px, but "
+                           f"{self.path / 'run.json'} says {size} px{bound}; put the run's own files back, or retrain "
+                           f"the run at the size you need")
+
     def build_model(self) -> nn.Module:
         """The trained model in eval mode on the CPU, its weights checked by hash and against the architecture."""
         self.check_weights()
+        self._check_size()
         model = self.backbone.build(self.preprocess.size)
         state = io.load_tensors(self.weights_path)
         try:

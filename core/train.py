@@ -1,4 +1,5 @@
-"""One training loop for every backbone: AdamW, cosine schedule with warm-up, focal loss.
+"""One training loop for every backbone: AdamW, cosine schedule with warm-up, focal loss (by default; Adam, a
+constant rate, plain or class-weighted BCE and freeze-then-fine-tune reproduce the seed studies' recipes).
 
 ``fit(config, data)`` is a plain function of its config (so ``train-all`` can later fan out to
 Ray). Under ``torchrun`` a process group exists and each rank trains on its shard; only rank 0
@@ -21,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core import io, registry
+from core import freeze, io, registry
 from core.data import known_patients
 from core.datasets import SideImages
 from core.distributed import Dist
-from core.losses import FocalLoss, alpha_from_frequency
+from core.losses import LOSSES, make_loss
 from core.metrics import choose_operating_point, roc_auc_or_nan, summarize
 from core.preprocess import Preprocess
 from core.runs import RUN_FORMAT, RunError, write_run
@@ -63,6 +64,13 @@ class TrainConfig:
     drop_rate: float = 0.0  # dropout before the classifier (timm drop_rate)
     drop_path_rate: float = 0.0  # stochastic depth (timm drop_path_rate), where the backbone has it
     select_on: str = "auc"  # the validation figure that keeps the best epoch and stops early: "auc" or "loss"
+    # The seed studies' recipes (docs/seeds.md): their loss, optimizer and freeze-then-fine-tune schedule.
+    loss: str = "focal"  # "focal" (gamma, alpha), "bce", or "weighted-bce" (class weights from the training side)
+    optimizer: str = "adamw"  # "adamw" (decoupled weight decay) or "adam" (weight_decay as an L2 term)
+    schedule: str = "cosine"  # "cosine" (linear warm-up, then cosine decay) or "constant" (lr throughout, no warm-up)
+    freeze_epochs: int = 0  # epochs at the start that train only the classifier head
+    unfreeze: str = "all"  # modules unfrozen after the head-only epochs: dotted prefixes, comma-separated, or "all"
+    backbone_lr_scale: float = 1.0  # learning rate multiplier of the backbone's (non-head) parameters
 
     def __post_init__(self) -> None:
         registry.get(self.backbone)
@@ -73,13 +81,20 @@ class TrainConfig:
             "cutmix": 0 <= self.cutmix <= 1, "label_smoothing": 0 <= self.label_smoothing < 0.5,
             "mixup": self.mixup >= 0, "ema_decay": 0 <= self.ema_decay < 1, "drop_rate": 0 <= self.drop_rate < 1,
             "drop_path_rate": 0 <= self.drop_path_rate < 1, "augment_level": self.augment_level in ("mild", "strong"),
-            "select_on": self.select_on in ("auc", "loss"),
+            "select_on": self.select_on in ("auc", "loss"), "loss": self.loss in LOSSES,
+            "optimizer": self.optimizer in ("adamw", "adam"), "schedule": self.schedule in ("cosine", "constant"),
+            "freeze_epochs": 0 <= self.freeze_epochs < self.epochs, "backbone_lr_scale": self.backbone_lr_scale > 0,
         }
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"{name}={getattr(self, name)!r} is out of range; see `cxr-edge train --help`")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads={self.threads} must be >= 1; leave it unset to use all cores")
+        if freeze.parse_prefixes(self.unfreeze) is None:
+            object.__setattr__(self, "unfreeze", "all")  # None and "" mean every module, as "all" does
+        if self.loss != "focal" and (self.alpha is not None or self.gamma != 2.0):
+            raise ValueError(f"--alpha and --gamma are focal-loss settings; --loss {self.loss} takes neither "
+                             "(weighted-bce takes its class weights from the training side)")
         if self.alpha is not None and not 0 <= self.alpha <= 1:
             raise ValueError(f"alpha={self.alpha} must lie in [0, 1] (or be left unset to use class frequency)")
         if self.cutmix > 0 and self.batch_size % 2:
@@ -169,8 +184,11 @@ def peak_lr(config: TrainConfig) -> float:
 
 
 def lr_at(step: int, total: int, config: TrainConfig) -> float:
-    """Linear warm-up then cosine decay to zero, as a pure function of the step (resume needs no state)."""
+    """Linear warm-up then cosine decay to zero (or the peak throughout, ``schedule="constant"``), as a pure
+    function of the step (resume needs no state)."""
     peak = peak_lr(config)
+    if config.schedule == "constant":
+        return peak
     warm = max(1, round(config.warmup * total))
     if step < warm:
         return peak * (step + 1) / warm
@@ -291,6 +309,9 @@ def train_one_epoch(model, opt, loss_fn, train: SideImages, preprocess, config: 
                     step0: int, total_steps: int, device, dist: Dist, scaler, on_step=None,
                     ema=None) -> dict[str, float]:
     model.train()
+    if config.freeze_epochs or config.unfreeze != "all":  # frozen BatchNorm layers keep their running statistics
+        freeze.frozen_norms_to_eval(model.module if hasattr(model, "module") else model,
+                                    epoch < config.freeze_epochs, freeze.parse_prefixes(config.unfreeze))
     gen = torch.Generator().manual_seed(config.seed * 1000 + epoch)
     order = torch.randperm(len(train.labels), generator=gen).numpy()
     per_rank = len(order) // dist.world
@@ -313,7 +334,7 @@ def train_one_epoch(model, opt, loss_fn, train: SideImages, preprocess, config: 
         if config.label_smoothing:
             y = y * (1 - config.label_smoothing) + config.label_smoothing / 2
         for g in opt.param_groups:
-            g["lr"] = lr_at(step0 + b, total_steps, config)
+            g["lr"] = lr_at(step0 + b, total_steps, config) * g.get("lr_scale", 1.0)
         opt.zero_grad(set_to_none=True)
         with _autocast(device, config.amp):
             loss = loss_fn(model(x).float().flatten(), y)
@@ -367,11 +388,14 @@ def fit(config: TrainConfig, split: Split, sides: dict[str, SideImages], run_dir
     model = model.to(device)
     if device.type == "cuda" and config.amp:
         model = model.to(memory_format=torch.channels_last)
-    alpha = config.alpha if config.alpha is not None else alpha_from_frequency(train.labels)
-    loss_fn = FocalLoss(gamma=config.gamma, alpha=alpha)
-    # fused: one kernel over all parameters; on a 2-core CPU the default per-parameter loop took 491 ms per step
-    # for ViT-B/16 (fused 50 ms), a third of its training time at 64 px. Same update, same state_dict.
-    opt = torch.optim.AdamW(model.parameters(), lr=peak_lr(config), weight_decay=config.weight_decay, fused=True)
+    loss_fn, loss_record = make_loss(config.loss, train.labels, gamma=config.gamma, alpha=config.alpha)
+    prefixes = freeze.parse_prefixes(config.unfreeze)
+    freeze.check_prefixes(model, prefixes)
+    if dist.world > 1 and (config.freeze_epochs or prefixes):
+        raise RunError("--freeze-epochs and --unfreeze change which parameters train, which DistributedDataParallel "
+                       "does not allow after it starts; train with one process (without torchrun)")
+    phases = [freeze.set_phase(model, head_only, prefixes) for head_only in (True, False)]  # counts for the record
+    opt = make_optimizer(config, freeze.param_groups(model, peak_lr(config), config.backbone_lr_scale))
     use_scaler = device.type == "cuda" and config.amp and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
     net = model
@@ -401,8 +425,9 @@ def fit(config: TrainConfig, split: Split, sides: dict[str, SideImages], run_dir
         progress.update(task, completed=state["epoch"] * steps_per_epoch)
 
     for epoch in range(state["epoch"], config.epochs):
-        if state["stale"] >= config.patience:
+        if state["stale"] >= config.patience and epoch >= config.freeze_epochs:  # never before the unfreezing
             break
+        freeze.set_phase(model, epoch < config.freeze_epochs, prefixes)
 
         def on_step(b, n, loss, ips, epoch=epoch):
             if progress:
@@ -420,6 +445,7 @@ def fit(config: TrainConfig, split: Split, sides: dict[str, SideImages], run_dir
         score = -val_loss if config.select_on == "loss" else val_auc
         improved = score > state.get("best_score", state["best_auc"]) + 1e-6
         row = {"epoch": epoch + 1, **stats, "val_auc": val_auc, "val_log_loss": val_loss,
+               **({"phase": "head" if epoch < config.freeze_epochs else "fine-tune"} if config.freeze_epochs else {}),
                "val_seconds": time.perf_counter() - t_eval,
                "lr_end": opt.param_groups[0]["lr"], "improved": improved, "time": io.now()}
         state["history"].append(row)
@@ -444,6 +470,7 @@ def fit(config: TrainConfig, split: Split, sides: dict[str, SideImages], run_dir
             elif improved:
                 ckpt.mark_last_best()
 
+    freeze.set_phase(model, False, None)  # the saved model is an ordinary one: every parameter trainable
     if best_weights is not None:
         model.load_state_dict(best_weights)
     else:  # resumed after the best epoch: its weights are on disk
@@ -454,15 +481,15 @@ def fit(config: TrainConfig, split: Split, sides: dict[str, SideImages], run_dir
         "format": RUN_FORMAT,
         "backbone": config.backbone,
         "timm_id": backbone.timm_id,
+        "architecture": {"source": backbone.source, "title": backbone.title, "group": backbone.group,
+                         "input_size_fixed": backbone.size_bound},
         "config": config.to_dict(),
         "preprocess": preprocess.to_dict(),
         "init": _describe_init(config),
         "recipe": _describe_recipe(config, backbone),
-        "optimizer": {"name": "AdamW", "peak_lr": peak_lr(config), "lr_scale": backbone.lr_scale,
-                      "weight_decay": config.weight_decay, "schedule": f"linear warm-up {config.warmup:.0%} + cosine",
-                      "grad_clip": config.grad_clip, "batch_size": config.batch_size},
-        "loss": {"name": "sigmoid focal", "gamma": config.gamma, "alpha": alpha,
-                 "alpha_source": "config" if config.alpha is not None else "training-side class frequency"},
+        "optimizer": _describe_optimizer(config, backbone),
+        "loss": loss_record,
+        "freeze": _describe_freeze(config, model, phases),
         "split": {"hash": split.hash, "method": split.method, "seed": split.seed, "source": split.source_record(),
                   "file": "split.json", "counts": split.counts()},
         "threshold": {**op, "chosen_on": "val"},
@@ -487,6 +514,40 @@ def fit(config: TrainConfig, split: Split, sides: dict[str, SideImages], run_dir
         progress.update(task, completed=total_steps,
                         info=f"done: best val AUC {state['best_auc']:.3f} at epoch {state['best_epoch']}")
     return FitResult(run_dir, record, state["history"])
+
+
+def make_optimizer(config: TrainConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """AdamW or Adam over the head and backbone parameter groups (:func:`core.freeze.param_groups`).
+
+    fused: one kernel over all parameters; on a 2-core CPU the default per-parameter loop took 491 ms per step for
+    ViT-B/16 (fused 50 ms), a third of its training time at 64 px. Same update, same state_dict.
+    """
+    cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return cls(groups, lr=peak_lr(config), weight_decay=config.weight_decay, fused=True)
+
+
+def _describe_optimizer(config: TrainConfig, backbone: registry.Backbone) -> dict[str, Any]:
+    schedule = ("constant (no warm-up)" if config.schedule == "constant"
+                else f"linear warm-up {config.warmup:.0%} + cosine")
+    return {"name": "AdamW" if config.optimizer == "adamw" else "Adam", "peak_lr": peak_lr(config),
+            "lr_scale": backbone.lr_scale, "backbone_lr_scale": config.backbone_lr_scale,
+            "weight_decay": config.weight_decay,
+            "weight_decay_kind": "decoupled" if config.optimizer == "adamw" else "L2 term in the gradient",
+            "schedule": schedule, "grad_clip": config.grad_clip, "batch_size": config.batch_size}
+
+
+def _describe_freeze(config: TrainConfig, model: nn.Module, phases: list[dict[str, int]]) -> dict[str, Any] | None:
+    """What trained when: None when every parameter trained throughout."""
+    if not config.freeze_epochs and config.unfreeze == "all":
+        return None
+    out = {"head_epochs": config.freeze_epochs, "head": freeze.head_name(model), "unfreeze": config.unfreeze,
+           "backbone_lr_scale": config.backbone_lr_scale,
+           "trainable_params": {"head_epochs": phases[0]["trainable"], "after": phases[1]["trainable"]},
+           "frozen_batchnorm": "eval mode (running statistics kept)"}
+    if config.freeze_epochs and not (config.pretrained or config.weights):
+        out["note"] = ("no pretrained start: the head-only epochs train a head on the backbone's random "
+                       "initial weights")
+    return out
 
 
 def _describe_init(config: TrainConfig) -> str:

@@ -146,3 +146,39 @@ def test_alpha_from_frequency_rejects_bad_labels():
         alpha_from_frequency([1, 1, 1])
     with pytest.raises(ValueError, match="must be 0 or 1; got other values 2"):
         alpha_from_frequency([0, 1, 2])
+
+
+def test_class_weighted_bce_is_sklearn_log_loss_with_class_sample_weights():
+    from sklearn.metrics import log_loss
+
+    from core.losses import ClassWeightedBCE
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(40, generator=gen, dtype=torch.float64) * 3
+    y = (torch.rand(40, generator=gen) < 0.7).double()
+    w = (1.8, 0.6)
+    got = ClassWeightedBCE(w, reduction="sum")(x, y).item()
+    sample_w = [w[int(v)] for v in y]
+    ref = log_loss(y.numpy(), torch.sigmoid(x).numpy(), sample_weight=sample_w, normalize=False, labels=[0, 1])
+    assert got == pytest.approx(ref, rel=1e-9)
+    plain = ClassWeightedBCE()(x, y).item()
+    assert plain == pytest.approx(torch.nn.functional.binary_cross_entropy_with_logits(x, y).item(), rel=1e-12)
+
+
+def test_weighted_bce_weights_follow_the_training_side_class_frequencies():
+    from core.losses import class_weights_from_frequency, make_loss
+
+    labels = [0] * 25 + [1] * 75
+    assert class_weights_from_frequency(labels) == pytest.approx((100 / 50, 100 / 150))
+    loss, record = make_loss("weighted-bce", labels)
+    assert loss.weights == pytest.approx((2.0, 2 / 3))
+    assert record["class_weights"] == pytest.approx({"NORMAL": 2.0, "PNEUMONIA": 2 / 3})
+    assert record["train_counts"] == {"NORMAL": 25, "PNEUMONIA": 75}
+    _, other = make_loss("weighted-bce", [0] * 60 + [1] * 40)
+    assert other["class_weights"]["NORMAL"] < other["class_weights"]["PNEUMONIA"]
+    assert make_loss("bce", labels)[1]["class_weights"] is None
+    assert make_loss("focal", labels)[1]["alpha"] == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="labels hold only class 1"):
+        class_weights_from_frequency([1, 1, 1])
+    with pytest.raises(ValueError, match="loss 'hinge' is not known; choose one of focal, bce, weighted-bce"):
+        make_loss("hinge", labels)
