@@ -132,12 +132,12 @@ class Run:
     def weights_path(self) -> Path:
         return self.path / WEIGHTS
 
-    def check_weights(self) -> str:
+    def check_weights(self) -> str | None:
         """The sha256 of model.safetensors, checked against the one run.json recorded at training."""
-        actual = weights_sha256(self.weights_path)
         expected = (self.record.get("weights") or {}).get("sha256")
         if expected is None:
-            return actual  # a run from before weights were recorded: nothing to compare
+            return None  # a run from before weights were recorded: nothing to compare
+        actual = weights_sha256(self.weights_path)
         if actual != expected:
             raise RunError(
                 f"{self.weights_path} is not the file this run trained: sha256 {actual[:16]}… on disk, "

@@ -81,6 +81,8 @@ def test_synthetic_size_draws_the_set_at_that_size(tmp_path, monkeypatch):
     r = invoke("train", "resnet18", "--out", tmp_path / "runs", *TINY, "--synthetic-size", "40")
     assert r.exit_code == 0, r.output
     source = json.loads((tmp_path / "runs" / "resnet18" / "run.json").read_text())["data"]["source"]
+    assert source["kind"] == "synthetic" and source["spec"]["size"] == 40  # by its cache name, no machine path
+    source = source["path"]
     spec = json.loads((tmp_path / "cache").joinpath(source).parent.joinpath("spec.json").read_text())["spec"]
     assert spec == {**spec, "n_images": 60, "size": 40}
     first = next((tmp_path / "cache").joinpath(source).parent.joinpath("PNEUMONIA").glob("*.png"))
