@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 
-
 PredictFn = Callable[[np.ndarray], np.ndarray]  # normalised float32 N x C x H x W -> N logits
 BASELINES = ("black", "blur", "mean")
 

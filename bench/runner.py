@@ -47,8 +47,8 @@ from bench.backends import Target, artifact_targets, torch_targets
 from bench.choice import CHOICE_TEXT
 from bench.results_file import RESULTS_FORMAT
 from bench.settings import BenchConfig, method_text
-from core.data import known_patients
 from core import io
+from core.data import known_patients
 
 
 @dataclass

@@ -30,8 +30,17 @@ from typing import Any
 
 import numpy as np
 
-from export.base import (FORMATS, PRECISIONS, BackendUnavailable, ExportContext, ExportError, KeepFloat,
-                         PrecisionError, QuantConfig, keep_float_patterns)
+from export.base import (
+    FORMATS,
+    PRECISIONS,
+    BackendUnavailable,
+    ExportContext,
+    ExportError,
+    KeepFloat,
+    PrecisionError,
+    QuantConfig,
+    keep_float_patterns,
+)
 
 # Operations whose second input is a weight tensor; what "a layer in INT8" means for this report.
 WEIGHTED_OPS = frozenset({"Convolution", "GroupConvolution", "MatMul", "ConvolutionBackpropData"})
@@ -143,8 +152,11 @@ def nncf_arguments(quant: QuantConfig, backbone: str, n_calibration: int) -> dic
 
 def _nncf_kwargs(args: dict[str, Any]) -> dict[str, Any]:
     import nncf
-    from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters, AdvancedSmoothQuantParameters,
-                                                       QuantizationParameters)
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        AdvancedSmoothQuantParameters,
+        QuantizationParameters,
+    )
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     kwargs: dict[str, Any] = {"preset": getattr(nncf.QuantizationPreset, args["preset"]),

@@ -22,9 +22,26 @@ from typing import Any
 import numpy as np
 
 from core import io
-from export.base import (FORMATS, PRECISIONS, ExportContext, ExportError, Format, ParityError, QuantConfig,
-                         TorchPredictor, artifact_files, artifact_name, calibration_set, file_bytes, file_sha256,
-                         get_format, keep_float_patterns, parity, predict_batched, run_hash)
+from export.base import (
+    FORMATS,
+    PRECISIONS,
+    ExportContext,
+    ExportError,
+    Format,
+    ParityError,
+    QuantConfig,
+    TorchPredictor,
+    artifact_files,
+    artifact_name,
+    calibration_set,
+    file_bytes,
+    file_sha256,
+    get_format,
+    keep_float_patterns,
+    parity,
+    predict_batched,
+    run_hash,
+)
 from export.manifest import _key, read_manifest, write_manifest
 
 HUB_USERS = ("openvino", "tensorrt")  # formats built from the FP32 ONNX file when it exists

@@ -44,8 +44,10 @@ def build(ctx: ExportContext, precision: str, dest: Path) -> dict[str, Any]:
     example = common.example_input(ctx)
     model, facts = ctx.model.eval(), {"input_shape": list(example.shape), "backend": "XNNPACK"}
     if precision == "int8":
-        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
-                                                                             get_symmetric_quantization_config)
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer,
+            get_symmetric_quantization_config,
+        )
 
         facts["quantization"] = common.pt2e_settings(ctx.quant)
         config = common.pt2e_config(get_symmetric_quantization_config(is_per_channel=ctx.quant.per_channel), ctx.quant)

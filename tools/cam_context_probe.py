@@ -8,6 +8,7 @@ the marker and which holds one (brighter than the ring around it by 30 grey leve
 median; (2) the outer 8 px frame is set to its median. For each, the mean p(PNEUMONIA) before and after and the
 pointing game (9 px) before and after. Figures in docs/findings/gradcam-localisation.md.
 """
+
 import sys
 
 import numpy as np
@@ -15,14 +16,16 @@ import torch
 from scipy import ndimage
 
 import core.registry  # noqa: F401  (before pytorch_grad_cam: see ENVIRONMENT.md)
-from core.runs import load_run
 from bench.localization import fidelity_images, pointing_points
+from core.runs import load_run
 
 src = open("tools/cam_sweep.py").read().split("run = load_run")[0]
 ns: dict = {}
 exec(src, ns)
 torch.set_num_threads(2)
-run = load_run(sys.argv[1]); n = int(sys.argv[2]); method, layer = sys.argv[3], sys.argv[4]
+run = load_run(sys.argv[1])
+n = int(sys.argv[2])
+method, layer = sys.argv[3], sys.argv[4]
 size = run.preprocess.size
 fs = fidelity_images(run, n=n)
 model = run.build_model().eval()
@@ -50,7 +53,7 @@ for i, im in enumerate(fs.images):
     for my in (-0.82, 0.82):
         for mx in (-0.82, 0.82):
             r, c = box(my, mx)
-            ring = im[max(r.start - 4, 0):r.stop + 4, max(c.start - 4, 0):c.stop + 4]
+            ring = im[max(r.start - 4, 0) : r.stop + 4, max(c.start - 4, 0) : c.stop + 4]
             if im[r, c].mean() > np.median(ring) + 30:
                 has[i] = True
                 marker[i][r, c] = np.median(ring)
@@ -60,12 +63,18 @@ framed = fs.images.copy()
 for i, im in enumerate(fs.images):
     framed[i][frame] = np.median(im[frame], axis=0)
 
-p0 = probs(fs.inputs); hit0, edge0 = pointing(fs.inputs)
+p0 = probs(fs.inputs)
+hit0, edge0 = pointing(fs.inputs)
 print(f"{run.record['backbone']} {method}@{layer}, {len(p0)} PNEUMONIA test images, {has.sum()} with a marker")
-print(f"original: p {p0.mean():.3f}; pointing {hit0.mean():.3f} (marker images {hit0[has].mean():.3f}); "
-      f"peaks within 12 px of the border {edge0.mean():.3f}")
+print(
+    f"original: p {p0.mean():.3f}; pointing {hit0.mean():.3f} (marker images {hit0[has].mean():.3f}); "
+    f"peaks within 12 px of the border {edge0.mean():.3f}"
+)
 for name, imgs in (("marker blanked", marker), ("8 px frame blanked", framed)):
     x = run.preprocess.normalize(imgs)
-    p = probs(x); hit, edge = pointing(x)
-    print(f"{name}: p {p.mean():.3f} (max change {np.abs(p - p0).max():.3f}); pointing {hit.mean():.3f} "
-          f"(marker images {hit[has].mean():.3f}); peaks within 12 px of the border {edge.mean():.3f}")
+    p = probs(x)
+    hit, edge = pointing(x)
+    print(
+        f"{name}: p {p.mean():.3f} (max change {np.abs(p - p0).max():.3f}); pointing {hit.mean():.3f} "
+        f"(marker images {hit[has].mean():.3f}); peaks within 12 px of the border {edge.mean():.3f}"
+    )

@@ -15,7 +15,6 @@ from PIL import Image
 from core.calibration import brier_score, expected_calibration_error, reliability_bins, threshold_for_sensitivity
 from tests.export.conftest import tiny_run
 
-
 # -------------------------------------------------------------------------------- pure figures
 
 

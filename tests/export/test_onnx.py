@@ -9,8 +9,7 @@ import onnx
 import pytest
 
 from export import onnx as onnx_target
-from export.base import (ExportError, PrecisionError, QuantConfig, TorchPredictor, parity, predict_batched,
-                         run_hash)
+from export.base import ExportError, PrecisionError, QuantConfig, TorchPredictor, parity, predict_batched, run_hash
 
 
 def _artifact(exported, precision):

@@ -9,8 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.base import (FORMATS, TOLERANCES, ExportContext, ExportError, PrecisionError, QuantConfig, TorchPredictor,
-                         logit_ratio)
+from export.base import (
+    FORMATS,
+    TOLERANCES,
+    ExportContext,
+    ExportError,
+    PrecisionError,
+    QuantConfig,
+    TorchPredictor,
+    logit_ratio,
+)
 
 MISSING = FORMATS["openvino"].missing()
 pytestmark = [pytest.mark.openvino, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]

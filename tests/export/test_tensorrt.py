@@ -11,8 +11,19 @@ import numpy as np
 import pytest
 
 from export.base import FORMATS, TOLERANCES, BackendUnavailable, ExportError, PrecisionError, QuantConfig
-from export.tensorrt import (EngineSpec, builder_flags, check_engine_precision, check_input, check_qdq, cleared_flags,
-                             engine_precisions, network_flags, onnx_input, profile_shapes, timing_cache_path)
+from export.tensorrt import (
+    EngineSpec,
+    builder_flags,
+    check_engine_precision,
+    check_input,
+    check_qdq,
+    cleared_flags,
+    engine_precisions,
+    network_flags,
+    onnx_input,
+    profile_shapes,
+    timing_cache_path,
+)
 
 MISSING = FORMATS["tensorrt"].missing()
 

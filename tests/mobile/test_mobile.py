@@ -12,8 +12,19 @@ import shutil
 import numpy as np
 import pytest
 
-from export.base import (FORMATS, TOLERANCES, BackendUnavailable, ExportContext, ExportError, QuantConfig,
-                         TorchPredictor, file_bytes, file_sha256, logit_ratio, parity)
+from export.base import (
+    FORMATS,
+    TOLERANCES,
+    BackendUnavailable,
+    ExportContext,
+    ExportError,
+    QuantConfig,
+    TorchPredictor,
+    file_bytes,
+    file_sha256,
+    logit_ratio,
+    parity,
+)
 
 SIZE = 16
 pytestmark = pytest.mark.mobile
