@@ -215,6 +215,7 @@ seeds *args:
 bench-micro *args:
     CXR_EDGE_MICRO=1 {{bin}}/python -m pytest tests/bench/micro -q "$@"
 
-# run the test suite (fast, offline); extra arguments go to pytest
+# lint (ruff: pyproject.toml's rules), then the test suite (fast, offline); extra arguments go to pytest
 test *args:
+    {{bin}}/ruff check .
     {{bin}}/python -m pytest -q "$@"
