@@ -227,7 +227,8 @@ def summary_lines(cmp: Comparison, bound: float = 0.10) -> list[str]:
         return [f"{cmp.a} and {cmp.b} have no ok row in common."]
     lines = [f"Accuracy: {cmp.accuracy_identical()} of {len(cmp.rows)} rows have identical test figures "
              f"({', '.join(ACCURACY)})" + ("." if cmp.accuracy_identical() == len(cmp.rows) else
-                                           f"; largest change {max(r['accuracy_max_change'] or 0 for r in cmp.rows):.4f}.")]
+                                           f"; largest change "
+                                           f"{max(r['accuracy_max_change'] or 0 for r in cmp.rows):.4f}.")]
     for n in cmp.batches:
         s = cmp.summary(n, bound)
         lines.append(f"p50 latency at batch {n}: {s['within_spread']} of {s['n']} rows changed by no more than the "
@@ -246,7 +247,8 @@ def summary_lines(cmp: Comparison, bound: float = 0.10) -> list[str]:
     if cmp.probes:
         lines.append(f"Speed probe ({cmp.probes['workload']}; "
                      f"{'timed in turns with the rows' if cmp.probes['in_turns'] else 'before and after the timing'}): "
-                     f"{cmp.probes['a_ms']:.2f} ms -> {cmp.probes['b_ms']:.2f} ms ({factor_words(cmp.probes['factor'])}).")
+                     f"{cmp.probes['a_ms']:.2f} ms -> {cmp.probes['b_ms']:.2f} ms "
+                     f"({factor_words(cmp.probes['factor'])}).")
     c = cmp.conclusions
     if c:
         lines.append(f"Conclusions at batch {c['batch']}: Pareto-optimal rows "

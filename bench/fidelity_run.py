@@ -52,7 +52,8 @@ def run_fidelity(run, *, side: str = "test", n: int = 32, method: str = "gradcam
     tol = default_tolerance(pre.size) if tolerance is None else tolerance
     out: dict[str, Any] = {
         "run": str(run.path), "backbone": run.record["backbone"], "size": pre.size, "method": method,
-        "layer": layer or run.backbone.cam_layer, "grid": list(cams.grids.shape[1:]), "side": side, "n_images": len(fs.paths),
+        "layer": layer or run.backbone.cam_layer, "grid": list(cams.grids.shape[1:]), "side": side,
+        "n_images": len(fs.paths),
         "explained_class": "PNEUMONIA", "split_hash": run.split().hash, "device": str(device),
         "val_roc_auc": run.record.get("val", {}).get("metrics", {}).get("roc_auc", {}).get("value"),
         "seconds_per_heatmap": cams.seconds_per_image,

@@ -127,7 +127,8 @@ def boxes_for(boxes: dict[str, list], image_path: str | Path) -> list | None:
     return None
 
 
-def box_mask(boxes: Sequence[tuple[float, float, float, float]], original_size: tuple[int, int], size: int) -> np.ndarray:
+def box_mask(boxes: Sequence[tuple[float, float, float, float]], original_size: tuple[int, int],
+             size: int) -> np.ndarray:
     """Boxes in original pixels (width, height = ``original_size``) -> bool ``size x size`` mask after the
     preprocessing's squash resize."""
     ow, oh = original_size

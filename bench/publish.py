@@ -200,8 +200,10 @@ def training_section(doc: dict[str, Any], runs: dict[str, dict[str, Any]]) -> li
         r = rows.get(name, {})
         cfg = rec.get("config", {})
         out.append(f"| {name} | {rec.get('init', 'n/a')} | {cfg.get('size')} px | {rec.get('epochs_run')} of "
-                   f"{cfg.get('epochs')} ({rec.get('best_epoch')}) | {_f(rec.get('wall_seconds', math.nan) / 60, '.1f')}"
-                   f" min | {_f(_value(rec.get('val', {}).get('metrics', {}).get('roc_auc')))} | {_f(r.get('roc_auc'))} "
+                   f"{cfg.get('epochs')} ({rec.get('best_epoch')}) | "
+                   f"{_f(rec.get('wall_seconds', math.nan) / 60, '.1f')}"
+                   f" min | {_f(_value(rec.get('val', {}).get('metrics', {}).get('roc_auc')))} | "
+                   f"{_f(r.get('roc_auc'))} "
                    f"({_f(r.get('roc_auc_lo'))}-{_f(r.get('roc_auc_hi'))}) | {_f(r.get('accuracy'))} | "
                    f"{_f(r.get('sensitivity'))} | {_f(r.get('specificity'))} | {_f(r.get('f1'))} | "
                    f"{_f(rec.get('threshold', {}).get('threshold'), '.4f')} |")
@@ -275,7 +277,8 @@ def reproduction_text(rep: dict[str, Any]) -> str:
 def paper_section(doc: dict[str, Any]) -> list[str]:
     rows = {r["backbone"]: r for r in doc["rows"] if r.get("format") == "pytorch" and r.get("precision") == "fp32"
             and r.get("status") == "ok"}
-    out = ["| backbone | paper accuracy | paper ROC-AUC | ours accuracy | ours ROC-AUC (95% CI) |", "|---|---|---|---|---|"]
+    out = ["| backbone | paper accuracy | paper ROC-AUC | ours accuracy | ours ROC-AUC (95% CI) |",
+           "|---|---|---|---|---|"]
     for name, (acc, auc) in PAPER.items():
         r = rows.get(name, {})
         out.append(f"| {name} | {_f(acc)} | {_f(auc)} | {_f(r.get('accuracy'))} | {_f(r.get('roc_auc'))} "
@@ -380,7 +383,8 @@ def write_results_doc(results_dir: str | Path, out: str | Path, *, recipe: str, 
     where = bench_device(doc)
     device = _device(doc)
     all_gpu_pretrained = bool(runs) and init_words(runs)[1] and train_device(runs).startswith("a GPU")
-    split_hashes = sorted({info.get("split_hash") for info in doc.get("backbones", {}).values() if info.get("split_hash")})
+    split_hashes = sorted({info.get("split_hash") for info in doc.get("backbones", {}).values()
+                           if info.get("split_hash")})
     first = next(iter(runs.values()), {})
     counts = first.get("split", {}).get("counts", {})
     lines = [f"# {title}", "",

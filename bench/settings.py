@@ -64,11 +64,15 @@ def method_text(config: BenchConfig, threads: int) -> str:
             f"against PyTorch eager FP32 of the same run. Latency: predict() on host float32 batches "
             f"{', '.join(map(str, lat.batches))}, {lat.warmup} warm-up calls per batch, then {lat.rounds} rounds "
             f"one after another, each >= {lat.min_iters} calls or {lat.slot_s:.2f} s per batch, cut into {lat.blocks} "
-            f"blocks that take turns across {'all artifacts of all backbones' if config.interleave == 'all' else 'the artifacts of a backbone'}"
-            f"{' and the speed probe (' + latency.PROBE_WORKLOAD.split(', median')[0] + ')' if config.device == 'cpu' else ''} "
+            f"blocks that take turns across "
+            + ("all artifacts of all backbones" if config.interleave == "all" else "the artifacts of a backbone")
+            + (" and the speed probe (" + latency.PROBE_WORKLOAD.split(", median")[0] + ")"
+               if config.device == "cpu" else "")
+            + " "
             f"(after block j of a round it has had (j+1)/{lat.blocks} of its seconds and calls), timed with "
             f"time.perf_counter_ns{' with torch.cuda.synchronize()' if config.device == 'cuda' else ''}; p50/p90/p99 "
             f"over all rounds; spread (the ± band) = half-width of the 95% interval for a repeat's p50 from the round "
             f"medians, t(0.975, k-1) * sd * sqrt(2/k) / mean over k rounds"
-            f"{'; rel = p50 / the probe p50 timed in the same turns, its band from the round-by-round ratios' if config.device == 'cpu' else ''}"
+            + ("; rel = p50 / the probe p50 timed in the same turns, its band from the round-by-round ratios"
+               if config.device == "cpu" else "") +
             f". Threads: {threads} (torch, onnxruntime intra-op, OpenVINO INFERENCE_NUM_THREADS).")

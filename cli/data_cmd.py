@@ -72,7 +72,8 @@ def split(
 
 @app.command("audit")
 @friendly
-def audit(split_file: Annotated[Path, typer.Argument(help="A split manifest (split.json of a run or of runs/).")]) -> None:
+def audit(split_file: Annotated[Path, typer.Argument(help="A split manifest (split.json of a run or of runs/).")]
+          ) -> None:
     """Check a saved split: no patient on two sides, no duplicate file, both classes on every side.
 
     Exits with status 1 when any problem is found.

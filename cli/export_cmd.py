@@ -42,7 +42,8 @@ def export(
     keep_float: Annotated[list[str] | None, typer.Option("--keep-float", help="INT8: keep these layers in float "
                                                          "(repeatable): a glob over graph node names "
                                                          "('node_Conv_1*') or an op type ('type:Mul'; ONNX and "
-                                                         "OpenVINO names both work, Mul = Multiply). Replaces the backbone's "
+                                                         "OpenVINO names both work, Mul = Multiply). "
+                                                         "Replaces the backbone's "
                                                          "default (OpenVINO EfficientNet-B0 and MobileNet-V3: "
                                                          "type:Multiply).")] = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Experts: keep artifacts that differ from PyTorch "

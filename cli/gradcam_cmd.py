@@ -288,7 +288,8 @@ def fidelity(
             except Exception as err:  # one failing artifact is a row with its error, never a stop
                 row["error"] = f"{type(err).__name__}: {err}"
             console.print(f"{row['backbone']} {row['format']} {row['precision']}: "
-                          f"{row.get('error') or 'deletion %.3f insertion %.3f' % (row['deletion_auc'], row['insertion_auc'])}")
+                          + (row.get("error")
+                             or "deletion %.3f insertion %.3f" % (row["deletion_auc"], row["insertion_auc"])))
             results["artifacts"].append(row)
     io.write_json(out_file, results)
     _print_tables(results)
@@ -303,7 +304,8 @@ def _print_tables(results: dict[str, Any]) -> None:
     if results["runs"]:
         t = Table(title=f"explanation fidelity of the FP32 models ({results['method']}, {results['side']}, "
                         f"n={results['n']} PNEUMONIA images)")
-        for col in ("backbone", "val AUC", "layer", "grid", "pointing", "energy in mask", "lesion drop (elsewhere)", "deletion ↓",
+        for col in ("backbone", "val AUC", "layer", "grid", "pointing", "energy in mask",
+                    "lesion drop (elsewhere)", "deletion ↓",
                     "insertion ↑", "ROAD ↑", "sanity", "INT8 ρ", "ms/heatmap"):
             t.add_column(col, no_wrap=True)
         for r in results["runs"]:
@@ -312,9 +314,11 @@ def _print_tables(results: dict[str, Any]) -> None:
             int8 = (r.get("cam_agreement") or {}).get("int8", {}).get("spearman")
             occ = r.get("lesion_occlusion") or {}
             layer = f"{r['method']} {r['layer']} (auto)" if r.get("layer_selection") else r["layer"]
-            t.add_row(r["backbone"], _f(r.get("val_roc_auc")), layer, "x".join(map(str, r["grid"])), _f(r.get("pointing_game")),
+            t.add_row(r["backbone"], _f(r.get("val_roc_auc")), layer, "x".join(map(str, r["grid"])),
+                      _f(r.get("pointing_game")),
                       f"{_f(r.get('energy_in_mask'))} (area {_f(r.get('mask_area'))})",
-                      f"{_f(occ.get('lesion_drop'), '.2f')} ({_f(occ.get('elsewhere_drop'), '.2f')})", _f(r["deletion_auc"]),
+                      f"{_f(occ.get('lesion_drop'), '.2f')} ({_f(occ.get('elsewhere_drop'), '.2f')})",
+                      _f(r["deletion_auc"]),
                       _f(r["insertion_auc"]), _f(r.get("road")), sanity, _f(int8),
                       _f(r["seconds_per_heatmap"] * 1000, ".0f"))
         out.print(t)

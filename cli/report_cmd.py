@@ -25,7 +25,8 @@ def report(
                         ] = None,
     reproduction: Annotated[Optional[Path], typer.Option("--reproduction", help="`cxr-edge compare --json` of the "
                                                          "previous run of the recipe against this one.")] = None,
-    title: Annotated[str, typer.Option("--title", help="The document's title.")] = "Results on the Kermany chest X-rays",
+    title: Annotated[str, typer.Option("--title", help="The document's title.")
+                     ] = "Results on the Kermany chest X-rays",
     caption: Annotated[str, typer.Option("--caption", help="How the runs were made (size, epochs, init), in words.")
                        ] = "",
 ) -> None:

@@ -117,7 +117,8 @@ def train(
     patience: Patience = 5, seed: Seed = 42, pretrained: Pretrained = False, weights: Weights = None,
     device: Device = "auto", threads: Threads = None, no_augment: NoAugment = False, split_file: SplitFile = None,
     split: SplitMethod = "patient", split_seed: SplitSeed = 42, ratios: Ratios = "0.7,0.15,0.15",
-    skip_bad: SkipBad = False, synthetic_images: SynthN = SyntheticSpec.n_images, resume: Resume = False, force: Force = False,
+    skip_bad: SkipBad = False, synthetic_images: SynthN = SyntheticSpec.n_images, resume: Resume = False,
+    force: Force = False,
     jobs: Jobs = 1, progress: Progress = True, cutmix: CutMix = 0.0, synthetic_size: SynthSize = SyntheticSpec.size,
     recipe: Recipe = "baseline", loss: Loss = "focal", optimizer: Optimizer = "adamw", schedule: Schedule = "cosine",
     freeze_epochs: FreezeEpochs = 0, unfreeze: Unfreeze = "all", backbone_lr_scale: BackboneLrScale = 1.0,
@@ -145,7 +146,8 @@ def train_all(
     patience: Patience = 5, seed: Seed = 42, pretrained: Pretrained = False,
     device: Device = "auto", threads: Threads = None, no_augment: NoAugment = False, split_file: SplitFile = None,
     split: SplitMethod = "patient", split_seed: SplitSeed = 42, ratios: Ratios = "0.7,0.15,0.15",
-    skip_bad: SkipBad = False, synthetic_images: SynthN = SyntheticSpec.n_images, resume: Resume = False, force: Force = False,
+    skip_bad: SkipBad = False, synthetic_images: SynthN = SyntheticSpec.n_images, resume: Resume = False,
+    force: Force = False,
     jobs: Jobs = 1, progress: Progress = True, cutmix: CutMix = 0.0, synthetic_size: SynthSize = SyntheticSpec.size,
     recipe: Recipe = "baseline", loss: Loss = "focal", optimizer: Optimizer = "adamw", schedule: Schedule = "cosine",
     freeze_epochs: FreezeEpochs = 0, unfreeze: Unfreeze = "all", backbone_lr_scale: BackboneLrScale = 1.0,
@@ -233,7 +235,8 @@ def recipes(
     if markdown:
         for r in rc.RECIPES.values():
             settings = ", ".join(f"`{k}={v}`" for k, v in r.settings) or "the defaults of `cxr-edge train`"
-            out.print(f"### `{r.name}`\n\n{r.summary[0].upper() + r.summary[1:]}.\n\n- Sets: {settings}\n- Why: {r.rationale}\n- Sources: "
+            out.print(f"### `{r.name}`\n\n{r.summary[0].upper() + r.summary[1:]}.\n\n- Sets: {settings}\n"
+                      f"- Why: {r.rationale}\n- Sources: "
                       + "; ".join(r.citations) + "\n", markup=False, highlight=False, soft_wrap=True)
         return
     table = Table(title="training recipes (cxr-edge train-all --recipe NAME)")

@@ -171,7 +171,8 @@ class Explainer:
         t0 = time.perf_counter()
         for i in range(0, n, batch_size):
             xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])).to(self.device)
-            out = self._cam(input_tensor=xb, targets=[BinaryClassifierOutputTarget(int(t)) for t in tgt[i:i + batch_size]])
+            out = self._cam(input_tensor=xb,
+                            targets=[BinaryClassifierOutputTarget(int(t)) for t in tgt[i:i + batch_size]])
             grids.append(np.asarray(out, np.float32).reshape(len(xb), *np.shape(out)[-2:]))
             logits[i:i + len(xb)] = self._cam.outputs.detach().float().reshape(-1).cpu().numpy()
         if self.device.type == "cuda":

@@ -183,7 +183,8 @@ def load_run(path: str | Path, skip_bad: bool = False) -> Run:
     if not path.is_dir():
         raise RunError(f"run folder {str(path)!r} does not exist; train one with `cxr-edge train` first")
     if not is_complete(path):
-        hint = " (an interrupted run: resume it with `cxr-edge train ... --resume`)" if (path / "checkpoint").is_dir() else ""
+        hint = (" (an interrupted run: resume it with `cxr-edge train ... --resume`)"
+                if (path / "checkpoint").is_dir() else "")
         raise RunError(f"{path} is not a complete run: run.json or model.safetensors is missing{hint}")
     try:
         record = json.loads((path / "run.json").read_text())

@@ -198,7 +198,8 @@ def _lesions(rng: np.random.Generator, anat: dict, x: np.ndarray, y: np.ndarray)
     return np.clip(tex, 0, None), mask
 
 
-def _render_one(rng: np.random.Generator, anat: dict, label: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _render_one(rng: np.random.Generator, anat: dict, label: int,
+                size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One image of a patient: (uint8 image, bool lesion mask, bool lung mask)."""
     # Pose: image coordinates -> body coordinates (inverse of shift, rotation, scale).
     g = (np.arange(size) + 0.5) / size * 2.0 - 1.0
@@ -269,7 +270,8 @@ def _render_one(rng: np.random.Generator, anat: dict, label: int, size: int) -> 
     return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), mask, lung_mask
 
 
-def _render_patient_full(rng: np.random.Generator, label: int, n: int, size: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def _render_patient_full(rng: np.random.Generator, label: int, n: int,
+                         size: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     anat = _anatomy(rng)
     return [_render_one(rng, anat, label, size) for _ in range(n)]
 
@@ -359,7 +361,8 @@ def generate(spec: SyntheticSpec, out_dir: Path, progress: bool = True, workers:
     return out_dir
 
 
-def ensure_synthetic(spec: SyntheticSpec = SyntheticSpec(), cache_dir: Path | None = None, progress: bool = True) -> Path:
+def ensure_synthetic(spec: SyntheticSpec = SyntheticSpec(), cache_dir: Path | None = None,
+                     progress: bool = True) -> Path:
     """``<cache>/synthetic-<key>/``, generated on first use and reused afterwards.
 
     Generation goes to a temporary sibling folder that is renamed into place only when complete,

@@ -452,7 +452,8 @@ def fit(config: TrainConfig, split: Split, sides: dict[str, SideImages], run_dir
         if dist.main and (progress is None or not sys.stderr.isatty()):  # a log file gets one line per epoch
             print(f"{config.backbone}: epoch {epoch + 1}/{config.epochs} loss {stats['loss']:.4f} "
                   f"val ROC-AUC {val_auc:.4f} log-loss {val_loss:.4f} ({stats['seconds']:.0f} s, "
-                  f"{stats['images_per_s']:.0f} img/s){' best so far' if improved else ''}", file=sys.stderr, flush=True)
+                  f"{stats['images_per_s']:.0f} img/s){' best so far' if improved else ''}",
+                  file=sys.stderr, flush=True)
         if improved:
             state.update(best_auc=val_auc, best_score=score, best_epoch=epoch + 1, stale=0)
             best_weights = {k: v.detach().to("cpu", copy=True) for k, v in selected.state_dict().items()}

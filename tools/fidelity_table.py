@@ -54,7 +54,8 @@ for b, seed, recipe, r, _ in runs:
     sel = r["layer_selection"]
     best = next(c for c in sel["candidates"] if c["method"] == sel["method"] and c["layer"] == sel["layer"])
     s, o = r["sanity"], r["lesion_occlusion"]
-    print(f"| {TITLES.get(b, b)} | {seed}{', ' + recipe if recipe else ''} | {r['val_roc_auc']:.3f} | {r['method']}, `{r['layer']}` "
+    print(f"| {TITLES.get(b, b)} | {seed}{', ' + recipe if recipe else ''} | {r['val_roc_auc']:.3f} | "
+          f"{r['method']}, `{r['layer']}` "
           f"({r['grid'][0]} x {r['grid'][1]}) | {best['pointing_game']:.2f} | **{r['pointing_game']:.2f}** "
           f"| {'pass' if s['passed'] else 'FAIL'} ({s['spearman_last_stage']:.3f}) "
           f"| {o['p_original']:.2f} -> {o['p_lesion_removed']:.2f} ({o['p_elsewhere_removed']:.2f}) "

@@ -59,7 +59,8 @@ def test_the_p50_relative_to_the_probe_reproduces_where_the_machine_was_slower_a
     cmp = compare.compare(a, b)
     s = cmp.summary(1, 0.10)
     assert s["within_spread"] == 0 and (s["rel_n"], s["rel_within_spread"]) == (2, 2)
-    assert s["rel_largest_change"] == pytest.approx(24.4 / 24 - 1) and s["rel_largest_row"].startswith("resnet18 openvino")
+    assert (s["rel_largest_change"] == pytest.approx(24.4 / 24 - 1)
+            and s["rel_largest_row"].startswith("resnet18 openvino"))
     assert cmp.probes["in_turns"] and cmp.probes["factor"] == pytest.approx(1.2)
     text = " ".join(compare.summary_lines(cmp))
     assert "Relative to the speed probe timed in the same turns: 2 of 2 rows within their stated band" in text
@@ -132,4 +133,5 @@ def test_whole_run_factor_residuals_rank_and_conclusions():
     assert not c["picks_same"] and c["picks_b"]["30"] == "resnet18 onnx fp32 cpu (rt)"
     rep = compare.compare(a, b).to_dict(0.10)
     text = publish.reproduction_text(rep)
-    assert "What to ship did change" in text and "30 ms: resnet18 openvino" in text and "took 5.00 then 6.00 ms (20.0% slower)" in text
+    assert ("What to ship did change" in text and "30 ms: resnet18 openvino" in text
+            and "took 5.00 then 6.00 ms (20.0% slower)" in text)

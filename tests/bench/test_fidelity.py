@@ -220,7 +220,8 @@ def test_fidelity_of_a_trained_run_and_its_onnx_artifacts(tmp_path_factory, tiny
     assert res["grid"] == [1, 1] and res["mask_source"] == "synthetic lesion masks"
     assert res["lesion_occlusion"]["n_images"] == 4 and -1 <= res["lesion_occlusion"]["lesion_drop"] <= 1
     seen: list = []
-    finer = fidelity_run.run_fidelity(run, n=4, steps=8, with_road=False, with_int8=False, layer="layer3", on_phase=seen.append)
+    finer = fidelity_run.run_fidelity(run, n=4, steps=8, with_road=False, with_int8=False, layer="layer3",
+                                      on_phase=seen.append)
     assert seen == fidelity_run.fidelity_phases(with_road=False) + [None]  # what the CLI's progress bar shows, in order
     assert finer["grid"] == [2, 2] and finer["layer"] == "layer3" and isinstance(finer["sanity"]["passed"], bool)
     assert 0 <= res["deletion_auc"] <= 1 and 0 <= res["insertion_auc"] <= 1

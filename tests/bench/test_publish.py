@@ -89,10 +89,12 @@ def test_a_gpu_pretrained_record_is_described_as_such(results_dir, tmp_path):
     gpu = tmp_path / "gpu-results"
     gpu.mkdir()
     (gpu / "results.json").write_text(json.dumps(doc))
-    md = publish.write_results_doc(gpu, tmp_path / "docs" / "RESULTS-gpu.md", recipe="just kermany device=cuda").read_text()
+    md = publish.write_results_doc(gpu, tmp_path / "docs" / "RESULTS-gpu.md",
+                                   recipe="just kermany device=cuda").read_text()
     head = md.split("## The full table")[0]  # the full table lists the host's CPU among the machine's facts
     text = " ".join(head.split())
-    assert "every backbone starts from ImageNet weights, as in the paper" in text and "224 px images, as in the paper" in text
+    assert ("every backbone starts from ImageNet weights, as in the paper" in text
+            and "224 px images, as in the paper" in text)
     assert "trained on a GPU (NVIDIA H100 80GB HBM3)" in text and "benchmarked on the GPU NVIDIA H100 80GB HBM3" in text
     assert "of chest_xray (5,856 images: train 4000, val 900, test 956)" in text and "(seed 7)" in text
     assert "Pareto-optimal on the GPU NVIDIA H100 80GB HBM3" in text

@@ -127,7 +127,8 @@ def test_fidelity_layer_auto_records_its_choice(bench_run, tmp_path):
     assert r.exit_code == 0, r.output
     (res,) = json.loads(out.read_text())["runs"]
     sel = res["layer_selection"]
-    assert {c["method"] for c in sel["candidates"]} == {"hirescam", "xgradcam", "gradcam"} and len(sel["candidates"]) == 9
+    assert ({c["method"] for c in sel["candidates"]} == {"hirescam", "xgradcam", "gradcam"}
+            and len(sel["candidates"]) == 9)
     assert (res["method"], res["layer"]) == (sel["method"], sel["layer"])
     bad = invoke("fidelity", bench_run.path, "--method", "auto", "--layer", "resnet18=layer3", "--no-progress")
     assert bad.exit_code == 2 and "leave out --layer" in bad.output

@@ -143,7 +143,8 @@ def test_cli_defaults_are_the_trainer_defaults(command):
     fields = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name in params}
     assert fields, "no shared options found"
     for name, default in fields.items():
-        assert params[name].default == default, f"--{name.replace('_', '-')}: CLI {params[name].default!r} != {default!r}"
+        assert params[name].default == default, (f"--{name.replace('_', '-')}: CLI {params[name].default!r} "
+                                                 f"!= {default!r}")
 
 
 def test_justfile_defaults_are_the_trainer_defaults():

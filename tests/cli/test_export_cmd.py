@@ -39,7 +39,8 @@ def test_help_names_the_options():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--formats", "onnx,tflite"], "format 'tflite' is not known; choose from onnx, openvino, tensorrt, executorch, litert, coreml"),
+    (["--formats", "onnx,tflite"],
+     "format 'tflite' is not known; choose from onnx, openvino, tensorrt, executorch, litert, coreml"),
     (["--precisions", "fp32,int4"], "precision 'int4' is not known; choose from fp32, fp16, int8"),
     (["--calibration", "median"], "calibration 'median' is not known; choose from minmax, entropy, percentile"),
     (["--n-calibration", "0"], "Invalid value for '--n-calibration'"),  # typer: x>=1

@@ -30,9 +30,11 @@ def test_train_config_refuses_threads_0():
 
 @pytest.mark.parametrize("command, option, shown", [
     (["train"], "--size", "x>=16"), (["train-all"], "--epochs", "x>=1"), (["train"], "--batch-size", "x>=2"),
-    (["train"], "--cutmix", "0<=x<=1"), (["train"], "--synthetic-size", "x>=16"), (["data", "split"], "--synthetic-images", "x>=1"),
+    (["train"], "--cutmix", "0<=x<=1"), (["train"], "--synthetic-size", "x>=16"),
+    (["data", "split"], "--synthetic-images", "x>=1"),
     (["data", "synth"], "--size", "x>=16"), (["export"], "--n-calibration", "x>=1"), (["bench"], "--rounds", "x>=1"),
-    (["bench"], "--fidelity-steps", "x>=2"), (["fidelity"], "--steps", "x>=2"), (["recommend"], "--min-sensitivity", "0<=x<=1"),
+    (["bench"], "--fidelity-steps", "x>=2"), (["fidelity"], "--steps", "x>=2"),
+    (["recommend"], "--min-sensitivity", "0<=x<=1"),
 ])
 def test_ranges_are_stated_in_help_and_checked_by_typer(command, option, shown):
     help_text = invoke(*command, "--help").output
