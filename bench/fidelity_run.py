@@ -11,10 +11,22 @@ from typing import Any
 
 import numpy as np
 
-from bench.fidelity import (LowerPrecisionUnavailable, cam_agreement, deletion_insertion, fp32_heatmaps,
-                            lower_precision_heatmaps, road)
-from bench.localization import (default_tolerance, energy_in_mask, fidelity_images, lesion_occlusion, pointing_game,
-                                pointing_points)
+from bench.fidelity import (
+    LowerPrecisionUnavailable,
+    cam_agreement,
+    deletion_insertion,
+    fp32_heatmaps,
+    lower_precision_heatmaps,
+    road,
+)
+from bench.localization import (
+    default_tolerance,
+    energy_in_mask,
+    fidelity_images,
+    lesion_occlusion,
+    pointing_game,
+    pointing_points,
+)
 from bench.sanity import sanity_check
 
 PHASES = ("heatmaps", "lesion occlusion, deletion/insertion", "ROAD", "sanity check", "heatmap agreement")

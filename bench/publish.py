@@ -21,9 +21,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from bench.choice import choice_text
 from bench.compare import changed_picks, factor_words
 from bench.recommend import BUDGETS_MS, describe, recommend
-from bench.choice import choice_text
 from bench.report import markdown as table_markdown
 from core import io
 

@@ -8,8 +8,21 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli.common import Data, Progress, Ratios, SkipBad, SplitMethod, SplitSeed, SynthN, SynthSize, console, \
-    friendly, out, parse_ratios, print_notes
+from cli.common import (
+    Data,
+    Progress,
+    Ratios,
+    SkipBad,
+    SplitMethod,
+    SplitSeed,
+    SynthN,
+    SynthSize,
+    console,
+    friendly,
+    out,
+    parse_ratios,
+    print_notes,
+)
 from core.synthetic import SyntheticSpec
 
 app = typer.Typer(help="Data sets: generate the synthetic set, make and audit patient-wise splits.",
@@ -51,7 +64,8 @@ def split(
 ) -> None:
     """Make a patient-wise stratified split and save it as the manifest every later stage reads."""
     from core.datasets import resolve_source
-    from core.split import audit as audit_split, image_wise_warning, make_split
+    from core.split import audit as audit_split
+    from core.split import image_wise_warning, make_split
     from core.synthetic import SyntheticSpec
 
     if out_file.exists() and not force:
@@ -78,7 +92,8 @@ def audit(split_file: Annotated[Path, typer.Argument(help="A split manifest (spl
 
     Exits with status 1 when any problem is found.
     """
-    from core.split import Split, audit as audit_split
+    from core.split import Split
+    from core.split import audit as audit_split
 
     s = Split.load(split_file)
     _print_counts(s)

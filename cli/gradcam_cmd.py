@@ -120,7 +120,7 @@ def gradcam(
     from rich.progress import track
 
     from core import io
-    from core.gradcam import METHODS, explain, contact_sheet, parse_layers, save_heatmaps
+    from core.gradcam import METHODS, contact_sheet, explain, parse_layers, save_heatmaps
     from core.runs import find_runs
 
     if method not in METHODS:
@@ -195,8 +195,6 @@ def fidelity(
     """Explanation fidelity. Runs: pointing game, energy in mask, deletion/insertion AUC, ROAD, the
     randomization sanity check, time per heatmap and FP16/BF16/INT8 heatmap agreement. Export folders:
     deletion/insertion AUC of every artifact (pixels ranked by its FP32 model's heatmap) and agreement."""
-    from core import io
-    from core.runs import find_runs, is_complete, load_run
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
     from rich.progress import Progress as Bars
 
@@ -204,6 +202,8 @@ def fidelity(
     from bench.fidelity_run import fidelity_phases, run_fidelity
     from bench.layer_select import AUTO_METHODS, select_layer
     from bench.localization import fidelity_images
+    from core import io
+    from core.runs import find_runs, is_complete, load_run
 
     results: dict[str, Any] = {"method": method, "side": side, "n": n, "steps": steps, "runs": [], "artifacts": [],
                                "environment": io.environment()}

@@ -8,8 +8,22 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli.common import Data, Progress, Ratios, SkipBad, SkipBadLater, SplitMethod, SplitSeed, SynthN, SynthSize, \
-    console, friendly, out, parse_ratios, print_notes
+from cli.common import (
+    Data,
+    Progress,
+    Ratios,
+    SkipBad,
+    SkipBadLater,
+    SplitMethod,
+    SplitSeed,
+    SynthN,
+    SynthSize,
+    console,
+    friendly,
+    out,
+    parse_ratios,
+    print_notes,
+)
 from core.synthetic import SyntheticSpec
 
 Out = Annotated[Path, typer.Option("--out", "-o",

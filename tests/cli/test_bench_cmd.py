@@ -5,7 +5,6 @@ import json
 from typer.testing import CliRunner
 
 from cli.main import app
-from tests.bench.conftest import bench_run, clean_artifacts  # noqa: F401  (fixtures)
 
 runner = CliRunner()
 FAST = ["--batches", "1,2", "--budget-s", "0.1", "--min-iters", "2", "--warmup", "1", "--n-boot", "20",
