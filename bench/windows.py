@@ -140,6 +140,7 @@ def time_in_windows(waiting: list[Waiting], lat: latency.LatencyConfig, limit_mi
                     loaded.pop(members[pos], None)
             if prober is not None and len(members) not in round_errors:
                 schedule.probe[(k, r)] = [ns for b in lat.batches for ns in round_times[-1][b][r]]
+            del timed  # no reference may outlive the window: the next window's loads come first
     loaded.clear()
     gc.collect()
     return times, errors, schedule
