@@ -155,33 +155,45 @@ def time_interleaved(predictors: list[tuple[Any, Callable[[], None] | None, np.n
                      on_turn: Callable[[int, int, int], None] | None = None,
                      ) -> tuple[list[dict[int, list[list[int]]]], dict[int, tuple[BaseException, str]]]:
     """Time each ``(predictor, sync, inputs)`` (batches are made from its own ``inputs``) in ``lat.rounds`` rounds
-    that follow each other, each of ``lat.blocks`` blocks: within a round, block ``j`` of every predictor before
-    block ``j + 1`` of any, each block bringing its (batch, round) up to its :meth:`LatencyConfig.quota`. After
-    a predictor's block with calls, wait its ``settle_s`` (onnxruntime's spinning threads). ``on_turn(block,
-    round, index)`` follows every turn (a progress bar).
+    that follow each other (:func:`time_round`). ``on_turn(block, round, index)`` follows every turn.
 
     Returns, per predictor, ``{batch: [nanoseconds of each call, per round]}``, and ``{index: (error,
     where)}`` for predictors that raised (they are not timed further)."""
-    times = [{b: [[] for _ in range(lat.rounds)] for b in lat.batches} for _ in predictors]
+    times = [empty_times(lat) for _ in predictors]
     errors: dict[int, tuple[BaseException, str]] = {}
-    batches = [{b: make_batch(inputs, b) for b in lat.batches} for _, _, inputs in predictors]
     for r in range(lat.rounds):
-        for j in range(lat.blocks):
-            seconds, fewest, most = lat.quota(j)
-            for i, (predictor, sync, _) in enumerate(predictors):
-                if i in errors:
-                    continue
-                before = sum(len(times[i][b][r]) for b in lat.batches)
-                try:
-                    for b, x in batches[i].items():
-                        time_until(lambda p=predictor, x=x: p.predict(x), times[i][b][r], seconds, fewest, most, sync)
-                except Exception as err:
-                    errors[i] = (err, f"latency round {r + 1}, block {j + 1}")
-                if sum(len(times[i][b][r]) for b in lat.batches) > before:
-                    time.sleep(getattr(predictor, "settle_s", 0.0))
-                if on_turn:
-                    on_turn(j, r, i)
+        time_round(predictors, lat, r, times, errors, on_turn)
     return times, errors
+
+
+def empty_times(lat: LatencyConfig) -> dict[int, list[list[int]]]:
+    """``{batch: [[] per round]}``: where :func:`time_round` puts one predictor's call times."""
+    return {b: [[] for _ in range(lat.rounds)] for b in lat.batches}
+
+
+def time_round(predictors: list[tuple[Any, Callable[[], None] | None, np.ndarray]], lat: LatencyConfig, r: int,
+               times: list[dict[int, list[list[int]]]], errors: dict[int, tuple[BaseException, str]],
+               on_turn: Callable[[int, int, int], None] | None = None) -> None:
+    """Round ``r`` of ``lat.blocks`` blocks: block ``j`` of every predictor before block ``j + 1`` of any, each
+    block bringing its (batch, round) up to its :meth:`LatencyConfig.quota`; call times go to ``times[i][batch]
+    [r]``. After a predictor's block with calls, wait its ``settle_s`` (onnxruntime's spinning threads). A
+    predictor that raises is entered in ``errors`` and not timed further; one already there is passed over."""
+    batches = [{b: make_batch(inputs, b) for b in lat.batches} for _, _, inputs in predictors]
+    for j in range(lat.blocks):
+        seconds, fewest, most = lat.quota(j)
+        for i, (predictor, sync, _) in enumerate(predictors):
+            if i in errors:
+                continue
+            before = sum(len(times[i][b][r]) for b in lat.batches)
+            try:
+                for b, x in batches[i].items():
+                    time_until(lambda p=predictor, x=x: p.predict(x), times[i][b][r], seconds, fewest, most, sync)
+            except Exception as err:
+                errors[i] = (err, f"latency round {r + 1}, block {j + 1}")
+            if sum(len(times[i][b][r]) for b in lat.batches) > before:
+                time.sleep(getattr(predictor, "settle_s", 0.0))
+            if on_turn:
+                on_turn(j, r, i)
 
 
 class ProbePredictor:

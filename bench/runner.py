@@ -10,12 +10,14 @@ For each backbone (in manifest order) the loop
    validation ROC-AUC (``val_roc_auc``: what the Pareto set and `recommend` choose by), compares its
    decisions and ROC-AUC with the PyTorch FP32 row, and applies the per-row metric hooks
    (:data:`ROW_METRICS`);
-3. times the loaded targets in ``rounds`` rounds, one after another, each cut into short blocks that take
-   turns across the targets (block 1 of every target, then block 2 …), so that drift of the machine hits
-   every row of a round alike, while the drift over the minutes of the benchmark shows in the band
-   (``spread``) that the rounds' medians give each p50.
+3. releases it, and later times the scored targets in ``rounds`` rounds, one after another, each cut into
+   short blocks that take turns across the targets (block 1 of every target, then block 2 …), so that drift of
+   the machine hits every row of a round alike, while the drift over the minutes of the benchmark shows in the
+   band (``spread``) that the rounds' medians give each p50. The targets are reloaded for the timing a window
+   at a time, the windows' memory bounded by ``max_memory_gb`` and every round visiting every window
+   (:mod:`bench.windows`).
    By default (``interleave="all"``) this happens once, for the targets of every backbone together, after
-   all are scored; ``interleave="backbone"`` times each backbone's targets before loading the next.
+   all are scored; ``interleave="backbone"`` times each backbone's targets before scoring the next.
 
 A fixed PyTorch convolution (the speed probe, :mod:`bench.latency`) is timed before and after, and on the
 CPU also in turns with the targets: each row's p50 is stated relative to it as well (``b1_rel``), so that a
@@ -41,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import cost, latency
+from bench import cost, latency, windows
 from bench.accuracy import accuracy_columns, agreement_columns
 from bench.backends import Target, artifact_targets, torch_targets
 from bench.choice import CHOICE_TEXT
@@ -135,23 +137,24 @@ def bench_artifacts(artifacts_dir: str | Path, config: BenchConfig, progress: bo
     t0 = time.perf_counter()
     probe = {"workload": latency.PROBE_WORKLOAD, "threads": threads, "before_ms": latency.speed_probe()}
     doc["environment"]["speed_probe"] = probe  # an interrupted benchmark's file keeps the "before" probe
-    waiting: list[tuple[Target, dict[str, Any], Any, np.ndarray]] = []
+    waiting: list[windows.Waiting] = []
     with _progress(progress, console) as bar:
         for name, recs in groups.items():
-            rows, info, live = bench_backbone(name, recs, artifacts_dir, config, threads, bar)
+            rows, info, scored = bench_backbone(name, recs, artifacts_dir, config, threads, bar)
             doc["rows"] += rows
             doc["backbones"][name] = info
-            waiting += live
-            del live
+            waiting += scored
             if config.interleave == "backbone":
                 _in_turns(probe, _time_interleaved(waiting, config, bar, name))
                 waiting = []
+            doc["memory"] = _memory(config, probe)
             if on_backbone:
                 on_backbone(doc)
         if waiting:
             _in_turns(probe, _time_interleaved(waiting, config, bar, f"all {len(groups)} backbones"))
             waiting = []
     probe["after_ms"] = latency.speed_probe()
+    doc["memory"] = _memory(config, probe)
     from bench.report import mark_pareto
 
     mark_pareto(doc["rows"])
@@ -164,10 +167,18 @@ def _in_turns(probe: dict[str, Any], timed: dict[str, Any] | None) -> None:
         probe.setdefault("in_turns", []).append(timed)
 
 
+def _memory(config: BenchConfig, probe: dict[str, Any]) -> dict[str, Any]:
+    """The memory block of results.json: the limit on the artifacts loaded at once, the process's peak resident
+    memory so far (ru_maxrss) and how each timing was scheduled."""
+    return {"max_memory_gb": config.memory_limit_gb, "peak_rss_mib": round(windows.peak_rss_mib(), 1),
+            "peak_rss_method": "resource.getrusage(RUSAGE_SELF).ru_maxrss of the benchmark process",
+            "timing": [t.get("schedule") for t in probe.get("in_turns", [])]}
+
+
 def bench_backbone(name: str, records: list[dict[str, Any]], artifacts_dir: Path, config: BenchConfig,
-                   threads: int, bar=None) -> tuple[list[dict[str, Any]], dict[str, Any], list[tuple]]:
+                   threads: int, bar=None) -> tuple[list[dict[str, Any]], dict[str, Any], list[windows.Waiting]]:
     """All rows of one backbone (PyTorch rows first, then the manifest's records in order) scored but not yet
-    timed, its facts, and the loaded targets to time: ``(target, row, predictor, inputs)``."""
+    timed, its facts, and the ok rows to time (their predictors released; the timing loads them again)."""
     info: dict[str, Any] = {}
     task = bar.add_task(name, total=None) if bar is not None else None
     try:
@@ -191,14 +202,40 @@ def bench_backbone(name: str, records: list[dict[str, Any]], artifacts_dir: Path
                   threshold=run.threshold, info=info, config=config, threads=threads,
                   patients=known_patients(test.paths, test.patients),
                   val_inputs=run.preprocess.normalize(val.images), val_labels=val.labels)
-    rows, live = [], []
+    rows, scored = [], []
     for t in targets:
         row, predictor = _load_and_score(t, ctx)
         rows.append(row)
         if predictor is not None:
-            live.append((t, row, predictor, ctx.inputs))
+            scored.append(windows.Waiting(t, row, ctx.inputs))
+        del predictor
         _advance(bar, task, f"{name}: {t.format} {t.precision} {t.runtime}")
-    return rows, info, live
+    if targets and targets[0].format == "pytorch":  # the timing rebuilds PyTorch rows from the run's weights
+        for w in scored:
+            if w.target.format == "pytorch":
+                w.target = rebuilt_from_run(w.target, run, config)
+    return rows, info, scored
+
+
+def rebuilt_from_run(t: Target, run: Any, config: BenchConfig) -> Target:
+    """The PyTorch target ``t`` with a loader that builds the model from the run's weights, so that the FP32
+    model of every backbone need not stay in memory until the timing."""
+    import dataclasses
+
+    fresh = [x for x in torch_targets(t.backbone, _RunModel(run), config.device, config.compile)
+             if x.runtime == t.runtime and x.precision == t.precision]
+    return dataclasses.replace(t, load=fresh[0].load) if fresh else t
+
+
+class _RunModel:
+    """Stands for a run's FP32 model in :func:`bench.backends.torch_targets`: built from its weights when a loader
+    deep-copies it."""
+
+    def __init__(self, run: Any) -> None:
+        self.run = run
+
+    def __deepcopy__(self, memo: dict) -> Any:
+        return self.run.build_model()
 
 
 @dataclass
@@ -304,6 +341,7 @@ def _load_and_score(t: Target, ctx: _Shared) -> tuple[dict[str, Any], Any]:
         with cost.PeakMemory() as mem, cost.GpuPeak() as gpu:
             predictor = t.load()
             row["load_s"] = time.perf_counter() - t0
+            row["rss_mib_after_load"] = cost.rss_mib()
             stage = f"first run at batch {len(biggest)}"
             predictor.predict(biggest)
         row.update(peak_mem_mib=mem.peak_mib, memory_method=mem.method)
@@ -361,38 +399,40 @@ def row_metrics(ctx: RowContext) -> dict[str, Any]:
     return out
 
 
-def _time_interleaved(live: list[tuple[Target, dict[str, Any], Any, np.ndarray]], config: BenchConfig, bar,
-                      label: str) -> dict[str, Any] | None:
-    """Time the live targets in turns (:func:`bench.latency.time_interleaved`), on the CPU with the speed probe
-    (:class:`bench.latency.ProbePredictor`) taking its turns too, give each row its figures
-    (:func:`bench.latency.row_figures`; a target that raised becomes a failed row), then release the
-    predictors. Returns the probe's median per round (None off the CPU or when it failed)."""
+def _time_interleaved(waiting: list[windows.Waiting], config: BenchConfig, bar, label: str) -> dict[str, Any] | None:
+    """Time the waiting rows in turns, reloaded a window at a time (:func:`bench.windows.time_in_windows`), on the
+    CPU with the speed probe taking its turns in every window, give each row its figures
+    (:func:`bench.latency.row_figures`, relative to the probe of its own window; a target that raised becomes a
+    failed row). Returns the probe's median per round and the schedule (None off the CPU or when it failed)."""
     lat = config.latency
-    task = bar.add_task(f"timing {label}", total=(len(live) + 1) * lat.rounds) if bar is not None else None
+    limit_mib = config.memory_limit_gb * 1024
+    plan = windows.plan_windows([w.mib for w in waiting], limit_mib)
+    task = bar.add_task(f"timing {label}", total=(len(waiting) + len(plan)) * lat.rounds) if bar else None
 
     def turn(j: int, r: int, i: int) -> None:
         _advance(bar, task, f"timing {label}: round {r + 1}/{lat.rounds}, block {j + 1}/{lat.blocks}",
                  1 / lat.blocks)
 
-    timed = [(p, t.sync, x) for t, _, p, x in live]
-    if config.device == "cpu":
-        timed.append((latency.ProbePredictor(), None, np.zeros((1, 1), np.float32)))
-    times, errors = latency.time_interleaved(timed, lat, turn)
-    probe = None
-    if config.device == "cpu" and len(live) not in errors:
-        probe = latency.round_medians([sum((times[-1][b][r] for b in lat.batches), []) for r in range(lat.rounds)])
-    for i, (t, row, _, _) in enumerate(live):
+    cpu = config.device == "cpu"
+    times, errors, schedule = windows.time_in_windows(waiting, lat, limit_mib, probe=cpu, on_turn=turn)
+    where = {i: k for k, members in enumerate(schedule.windows) for i in members}
+    for i, w in enumerate(waiting):
+        if w.mib > limit_mib:
+            w.row["memory_warning"] = windows.oversize_warning(w.row, config.memory_limit_gb)
         if i in errors:
-            row.update(status="failed", error=_error(*errors[i]))
+            w.row.update(status="failed", error=_error(*errors[i]))
             continue
-        row.update(latency.row_figures(times[i], probe))
-    live.clear()
+        w.row.update(latency.row_figures(times[i], windows.probe_rounds(schedule, where[i], lat.rounds) if cpu
+                                         else None))
+    waiting.clear()
     gc.collect()
     if config.device == "cuda":
         import torch
 
         torch.cuda.empty_cache()
-    return None if probe is None else {"timed": label, "round_ms": probe, "ms": float(np.median(probe))}
+    probe = windows.probe_rounds_all(schedule, lat.rounds) if cpu else None
+    return None if probe is None else {"timed": label, "round_ms": probe, "ms": float(np.median(probe)),
+                                       "schedule": {**schedule.to_dict(), "limit_mib": round(limit_mib)}}
 
 
 def _advance(bar, task, description: str, advance: float = 1) -> None:

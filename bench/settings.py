@@ -32,6 +32,8 @@ class BenchConfig:
     runs_dir: str | None = None  # find runs as <runs_dir>/<backbone> instead of the manifest's source_run
     interleave: str = "all"  # timing turns across all artifacts ("all") or within each backbone ("backbone")
     skip_bad: bool = False  # skip test images found unreadable now (those a run recorded are always left out)
+    # GB of artifacts loaded at once for the timing (bench.windows); None: a share of this machine's memory
+    max_memory_gb: float | None = None
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -40,6 +42,8 @@ class BenchConfig:
             raise ValueError(f"threads={self.threads} must be >= 1 (or leave it unset for all cores)")
         if self.interleave not in INTERLEAVE:
             raise ValueError(f"interleave={self.interleave!r} must be one of {', '.join(INTERLEAVE)}")
+        if self.max_memory_gb is not None and not self.max_memory_gb > 0:
+            raise ValueError(f"max_memory_gb={self.max_memory_gb} must be > 0 GB (e.g. 2)")
         if self.n_boot < 1:
             raise ValueError(f"n_boot={self.n_boot} must be >= 1 (1000 is usual)")
         if self.device == "cuda":
@@ -49,8 +53,16 @@ class BenchConfig:
                 raise ValueError("--device cuda asked for, but torch sees no CUDA GPU on this machine; "
                                  "use --device cpu")
 
+    @property
+    def memory_limit_gb(self) -> float:
+        """``max_memory_gb``, or the default for this machine (:func:`bench.windows.default_max_memory_gb`)."""
+        from bench.windows import default_max_memory_gb
+
+        return self.max_memory_gb if self.max_memory_gb is not None else default_max_memory_gb()
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["max_memory_gb"] = self.memory_limit_gb
         d["latency"] = self.latency.to_dict()
         d["backbones"] = list(self.backbones)
         return d
@@ -66,6 +78,8 @@ def method_text(config: BenchConfig, threads: int) -> str:
             f"one after another, each >= {lat.min_iters} calls or {lat.slot_s:.2f} s per batch, cut into {lat.blocks} "
             f"blocks that take turns across "
             + ("all artifacts of all backbones" if config.interleave == "all" else "the artifacts of a backbone")
+            + f" (reloaded a window at a time, at most {config.memory_limit_gb:g} GB of them loaded at once, "
+            "every round visiting every window)"
             + (" and the speed probe (" + latency.PROBE_WORKLOAD.split(", median")[0] + ")"
                if config.device == "cpu" else "")
             + " "

@@ -33,10 +33,15 @@ def bench(
                                            help="Rounds are cut into blocks of about this many seconds (> 0) "
                                            "that take turns across the artifacts (and the speed probe), so the "
                                            "machine's drift hits all alike; more blocks, steadier rounds.")] = 0.025,
-    interleave: Annotated[str, typer.Option("--interleave", help="all: load every artifact, then time all in "
-                                            "turns, so rows of different backbones share the machine's minutes; "
-                                            "backbone: time each backbone's artifacts before loading the next "
-                                            "(less memory).")] = "all",
+    interleave: Annotated[str, typer.Option("--interleave", help="all: score every artifact, then time all in "
+                                            "turns (a window of them loaded at a time, every round visiting every "
+                                            "window), so rows of different backbones share the machine's minutes; "
+                                            "backbone: time each backbone's artifacts before scoring the next.")]
+    = "all",
+    max_memory_gb: Annotated[float | None, typer.Option("--max-memory-gb", min=0.01, help="GB of artifacts loaded "
+                                                        "at once while timing: they are timed in turns a window "
+                                                        "at a time within it. Default: 25% of this machine's "
+                                                        "memory, at most 2.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1,
                                                 help="CPU threads for torch, onnxruntime (intra-op) "
                                                 "and OpenVINO. Default: torch's (all cores).")] = None,
@@ -75,7 +80,8 @@ def bench(
                                                max_iters=max(1000, min_iters), budget_s=budget_s, rounds=rounds,
                                                block_s=block_s),
                          backbones=tuple(b.strip() for b in backbones.split(",") if b.strip()) if backbones else (),
-                         runs_dir=str(runs) if runs else None, interleave=interleave, skip_bad=skip_bad)
+                         runs_dir=str(runs) if runs else None, interleave=interleave, skip_bad=skip_bad,
+                         max_memory_gb=max_memory_gb)
     out_dir = out_dir or Path("results") / device
     check_out(out_dir, force)
     hook = fidelity_hook.explanation_fidelity
@@ -96,7 +102,11 @@ def bench(
     counts = {s: sum(r["status"] == s for r in doc["rows"]) for s in ("ok", "skipped", "failed")}
     console.print(f"{counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed rows in "
                   f"{doc['seconds']:.0f} s")
-    print_notes([_left_out(name, info) for name, info in doc["backbones"].items()])
+    print_notes([_left_out(name, info) for name, info in doc["backbones"].items()]
+                + [r.get("memory_warning") for r in doc["rows"]])
+    mem = doc.get("memory", {})
+    console.print(f"peak resident memory {mem.get('peak_rss_mib', 0) / 1024:.2f} GB; at most "
+                  f"{mem.get('max_memory_gb')} GB of artifacts loaded at once while timing", highlight=False)
     unprepared = {name: info["error"] for name, info in doc["backbones"].items() if info.get("error")}
     for name, error in unprepared.items():
         console.print(f"[bold red]error:[/bold red] {name}: {error}", highlight=False, soft_wrap=True)

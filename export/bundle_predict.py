@@ -188,7 +188,8 @@ class OpenVinoModel:
             static.reshape({static.inputs[0]: self.ov.PartialShape([n, *list(static.inputs[0].partial_shape)[1:]])})
             self.requests[n] = self.core.compile_model(static, "CPU", self.config).create_infer_request()
         request = self.requests[n]
-        request.infer({0: x})
+        request.get_input_tensor(0).data[...] = x  # its own tensor: a new one per call is prepared again each time
+        request.infer()
         return np.array(request.get_output_tensor(0).data, dtype=np.float32).reshape(-1)
 
 

@@ -211,6 +211,7 @@ def test_timing_blocks_take_turns_across_targets_and_the_probe_round_after_round
     waits its settle_s. Each row is also stated relative to the probe."""
     from bench.backends import Target
     from bench.latency import LatencyConfig
+    from bench.windows import Waiting
 
     calls: list[tuple[str, int]] = []
 
@@ -225,18 +226,22 @@ def test_timing_blocks_take_turns_across_targets_and_the_probe_round_after_round
     lat = LatencyConfig(batches=(1, 2), warmup=0, min_iters=4, max_iters=4, budget_s=0.4, rounds=2, block_s=0.05)
     assert lat.blocks == 2 and lat.quota(0)[1:] == (2, 2)  # 0.1 s slots of two 0.05 s blocks, 2 calls each
     x = np.zeros((3, 1, 4, 4), np.float32)
-    live = [(Target(backbone="b", format=f, precision="fp32", device="cpu", runtime="x"), {"status": "ok"},
-             Recorder(f), x) for f in ("onnx", "openvino")]
-    rows = [r for _, r, _, _ in live]
-    live[0][2].settle_s = 0.5
+    onnx, openvino = Recorder("onnx"), Recorder("openvino")
+    onnx.settle_s = 0.5
+    live = [Waiting(Target(backbone="b", format=p.name, precision="fp32", device="cpu", runtime="x",
+                           load=lambda p=p: p), {"status": "ok", "peak_mem_mib": 10.0}, x) for p in (onnx, openvino)]
+    rows = [w.row for w in live]
     sleeps: list[float] = []
     monkeypatch.setattr(runner.time, "sleep", sleeps.append)
     probe = runner._time_interleaved(live, runner.BenchConfig(latency=lat), None, "b")
-    # per block: a target times batch 1 twice, then batch 2 twice; the order of targets repeats per block
+    # loaded once each, then warmed up once per batch; per block: a target times batch 1 twice, then batch 2 twice;
+    # the order of targets repeats per block
+    assert calls[:4] == [("onnx", 1), ("onnx", 2), ("openvino", 1), ("openvino", 2)]
     one_block = [(f, b) for f in ("onnx", "openvino") for b in (1, 1, 2, 2)]
-    assert calls == one_block * 4  # 2 blocks x 2 rounds
+    assert calls[4:] == one_block * 4  # 2 blocks x 2 rounds
     assert sleeps == [0.5, 0.0, 0.0] * 4  # onnx, openvino, the probe
     assert probe["timed"] == "b" and len(probe["round_ms"]) == 2 and probe["ms"] > 0
+    assert probe["schedule"]["windows"] == 1 and probe["schedule"]["loads_for_timing"] == 2
     row = rows[0]
     assert row["b1_iters"] == 8 and row["b2_iters"] == 8 and row["b1_spread"] is not None
     assert row["b1_rel"] == pytest.approx(row["b1_p50_ms"] / probe["ms"]) and row["b1_rel_spread"] is not None
@@ -250,6 +255,7 @@ def test_timing_takes_turns_across_backbones_unless_asked_per_backbone(tmp_path,
     different backbones share the machine's minutes; ``interleave="backbone"`` times each before the next."""
     import export.manifest
     from bench.backends import Target
+    from bench.windows import Waiting
 
     (tmp_path / export.manifest.MANIFEST).write_text("{}")
     monkeypatch.setattr(export.manifest, "read_manifest", lambda d: [{"backbone": "b1"}, {"backbone": "b2"}])
@@ -259,7 +265,7 @@ def test_timing_takes_turns_across_backbones_unless_asked_per_backbone(tmp_path,
         events.append(("scored", name))
         row = {"backbone": name, "status": "ok", "device": "cpu"}
         t = Target(backbone=name, format="onnx", precision="fp32", device="cpu", runtime="x")
-        return [row], {}, [(t, row, object(), np.zeros((1, 1, 4, 4), np.float32))]
+        return [row], {}, [Waiting(t, row, np.zeros((1, 1, 4, 4), np.float32))]
 
     monkeypatch.setattr(runner, "bench_backbone", fake_backbone)
     monkeypatch.setattr(runner, "_time_interleaved", lambda live, config, bar, label: events.append((label, len(live))))

@@ -1,0 +1,194 @@
+"""Timing in turns with bounded memory: the artifacts are timed in windows of a few loaded at once.
+
+`cxr-edge bench` used to load every artifact of every backbone and keep all of them loaded while it timed them in
+turns, so that every row was timed in the same minutes of the machine. On the demo's 49 artifacts that took
+15.6 GB of resident memory. Here the scored predictors are released, and the timing reloads them a window at a
+time:
+
+* the rows are packed, in order, into windows whose summed resident memory (each row's ``peak_mem_mib``,
+  measured when it was loaded for scoring) stays within ``--max-memory-gb`` (:func:`plan_windows`);
+* every round visits every window, one after another (round 1: windows 1, 2 … k; round 2: k … 1, so the window
+  that ends a round starts the next without a reload), and within a window the loaded artifacts and the speed
+  probe take turns in blocks as before (:func:`bench.latency.time_round`).
+
+So round r of every row still falls in the r-th part of the timing (the machine's drift over the minutes shows in
+each row's band as before), and each row's p50 relative to the probe (``b1_rel``) uses the probe timed in its
+own window's turns. When everything fits into one window nothing is reloaded and the schedule is the old one.
+A row that alone needs more than the limit is timed in a window of its own, with a ``memory_warning``.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import resource
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bench import latency
+
+#: ``--max-memory-gb`` when not given: this share of the machine's memory …
+DEFAULT_SHARE = 0.25
+#: … but never more than this, so that `just demo` stays within 4 GB of resident memory on any machine.
+DEFAULT_CAP_GB = 2.0
+
+
+def total_memory_gb() -> float | None:
+    """The machine's physical memory in GB (GiB), or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def default_max_memory_gb(total_gb: float | None = None) -> float:
+    """The default limit on the artifacts loaded at once: :data:`DEFAULT_SHARE` of the machine's memory, at most
+    :data:`DEFAULT_CAP_GB` (the cap where the machine's memory is unknown)."""
+    total_gb = total_memory_gb() if total_gb is None else total_gb
+    if not total_gb:
+        return DEFAULT_CAP_GB
+    return round(min(DEFAULT_CAP_GB, DEFAULT_SHARE * total_gb), 2)
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far (``getrusage(RUSAGE_SELF).ru_maxrss``; KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def plan_windows(sizes_mib: list[float | None], limit_mib: float) -> list[list[int]]:
+    """Indices of ``sizes_mib`` packed in order into windows whose sizes add up to at most ``limit_mib``; an item
+    larger than the limit gets a window of its own; an unknown size counts as 0."""
+    windows: list[list[int]] = []
+    used = 0.0
+    for i, size in enumerate(sizes_mib):
+        size = max(0.0, size or 0.0)
+        if not windows or used + size > limit_mib:
+            windows.append([])
+            used = 0.0
+        windows[-1].append(i)
+        used += size
+    return windows
+
+
+def oversize_warning(row: dict[str, Any], limit_gb: float) -> str:
+    """The one-line message for a row that alone needs more memory than ``--max-memory-gb``."""
+    need = (row.get("peak_mem_mib") or 0) / 1024
+    return (f"{row.get('backbone')} {row.get('format')} {row.get('precision')} alone took {need:.2f} GB when loaded, "
+            f"more than --max-memory-gb {limit_gb:g}: it was timed in a window of its own; pass --max-memory-gb "
+            f"{np.ceil(need * 10) / 10:g} or more to time it in turns with others")
+
+
+@dataclass
+class Waiting:
+    """A scored row waiting to be timed: its target (whose ``load`` gives a fresh predictor), its row and the
+    test images its batches are made from."""
+
+    target: Any
+    row: dict[str, Any]
+    inputs: np.ndarray
+
+    @property
+    def mib(self) -> float:
+        return float(self.row.get("peak_mem_mib") or 0.0)
+
+
+@dataclass
+class Schedule:
+    """What the timing did: the windows (indices into the waiting rows), how many loads it took, and the
+    probe's call times per (window, round)."""
+
+    windows: list[list[int]]
+    loads: int = 0
+    probe: dict[tuple[int, int], list[int]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"windows": len(self.windows), "largest_window": max((len(w) for w in self.windows), default=0),
+                "loads_for_timing": self.loads}
+
+
+def time_in_windows(waiting: list[Waiting], lat: latency.LatencyConfig, limit_mib: float, probe: bool,
+                    on_turn: Callable[[int, int, int], None] | None = None,
+                    on_load: Callable[[int], None] | None = None,
+                    ) -> tuple[list[dict[int, list[list[int]]]], dict[int, tuple[BaseException, str]], Schedule]:
+    """Time every waiting row in ``lat.rounds`` rounds, a window of loaded predictors at a time (module docstring),
+    with the speed probe (:class:`bench.latency.ProbePredictor`) in every window's turns when ``probe``.
+
+    Returns each row's ``{batch: [call nanoseconds per round]}``, ``{row index: (error, where)}`` for rows that
+    failed to load or to run, and the :class:`Schedule`. ``on_load(index)`` is called before each load."""
+    schedule = Schedule(plan_windows([w.mib for w in waiting], limit_mib))
+    times = [latency.empty_times(lat) for _ in waiting]
+    errors: dict[int, tuple[BaseException, str]] = {}
+    loaded: dict[int, Any] = {}
+    prober = latency.ProbePredictor() if probe else None
+    for r in range(lat.rounds):
+        order = range(len(schedule.windows)) if r % 2 == 0 else reversed(range(len(schedule.windows)))
+        for k in order:
+            members = _load_window(waiting, schedule.windows[k], loaded, errors, lat, schedule, on_load)
+            timed = [(loaded[i], waiting[i].target.sync, waiting[i].inputs) for i in members]
+            round_times = [times[i] for i in members]
+            if prober is not None:
+                timed.append((prober, None, np.zeros((1, 1), np.float32)))
+                round_times.append(latency.empty_times(lat))
+            round_errors: dict[int, tuple[BaseException, str]] = {}
+            latency.time_round(timed, lat, r, round_times, round_errors, on_turn)
+            for pos, err in round_errors.items():
+                if pos < len(members):
+                    errors[members[pos]] = err
+                    loaded.pop(members[pos], None)
+            if prober is not None and len(members) not in round_errors:
+                schedule.probe[(k, r)] = [ns for b in lat.batches for ns in round_times[-1][b][r]]
+            del timed  # no reference may outlive the window: the next window's loads come first
+    loaded.clear()
+    gc.collect()
+    return times, errors, schedule
+
+
+def _load_window(waiting: list[Waiting], window: list[int], loaded: dict[int, Any],
+                 errors: dict[int, tuple[BaseException, str]], lat: latency.LatencyConfig, schedule: Schedule,
+                 on_load: Callable[[int], None] | None) -> list[int]:
+    """Release the predictors outside ``window``, load (and warm up) those of it not loaded yet; return the
+    members that are ready (a failed load goes into ``errors``)."""
+    for i in [i for i in loaded if i not in window]:
+        del loaded[i]
+    gc.collect()
+    for i in window:
+        if i in errors or i in loaded:
+            continue
+        if on_load:
+            on_load(i)
+        try:
+            predictor = waiting[i].target.load()
+            schedule.loads += 1
+            for b in lat.batches:  # one call at least: lazy compilation (an OpenVINO IR compiles per batch size)
+                x = latency.make_batch(waiting[i].inputs, b)
+                for _ in range(max(1, lat.warmup)):
+                    predictor.predict(x)
+            loaded[i] = predictor
+        except Exception as err:
+            errors[i] = (err, "load for timing")
+    return [i for i in window if i in loaded]
+
+
+def probe_rounds(schedule: Schedule, window: int, rounds: int) -> list[float] | None:
+    """The probe's median per round in one window's turns (ms), or None when a round lacks it."""
+    out = []
+    for r in range(rounds):
+        calls = schedule.probe.get((window, r))
+        if not calls:
+            return None
+        out.append(float(np.median(calls)) / 1e6)
+    return out
+
+
+def probe_rounds_all(schedule: Schedule, rounds: int) -> list[float] | None:
+    """The probe's median per round over all windows (ms), or None when a round lacks it."""
+    out = []
+    for r in range(rounds):
+        calls = [ns for (k, rr), one in schedule.probe.items() if rr == r for ns in one]
+        if not calls:
+            return None
+        out.append(float(np.median(calls)) / 1e6)
+    return out
