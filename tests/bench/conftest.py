@@ -60,3 +60,14 @@ def fast_config(**overrides):
 
     lat = LatencyConfig(batches=(1, 4), warmup=1, min_iters=3, budget_s=0.2, rounds=2)
     return BenchConfig(**{"latency": lat, "n_boot": 50, "threads": 2, **overrides})
+
+
+def copy_artifacts(src: Path, dst: Path, run) -> Path:
+    """A copy of an artifacts folder somewhere else, its records naming ``run`` relative to the copy."""
+    from core import io
+
+    shutil.copytree(src, dst)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest["artifacts"] = [{**r, "source_run": io.portable_path(run.path, dst)} for r in manifest["artifacts"]]
+    io.write_json(dst / "manifest.json", manifest)
+    return dst

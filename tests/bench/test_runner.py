@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bench import report, results_file, runner
-from tests.bench.conftest import fast_config
+from tests.bench.conftest import copy_artifacts, fast_config
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_environment_is_recorded(results):
     assert "speed probe" in results["method"] and "95% interval" in results["method"]
 
 
-def test_a_missing_run_fails_its_rows_and_the_loop_goes_on(clean_artifacts, tmp_path):
+def test_a_missing_run_fails_its_rows_and_the_loop_goes_on(clean_artifacts, bench_run, tmp_path):
     from core import io
 
     manifest = json.loads((clean_artifacts / "manifest.json").read_text())
@@ -136,8 +136,9 @@ def test_a_missing_run_fails_its_rows_and_the_loop_goes_on(clean_artifacts, tmp_
     art = tmp_path / "art"
     import shutil
 
-    shutil.copytree(clean_artifacts, art)
-    io.write_json(art / "manifest.json", {**manifest, "artifacts": manifest["artifacts"] + ghost})
+    shutil.copytree(clean_artifacts, art)  # a copy away from the runs: its records name the run absolutely, as older
+    found = [{**r, "source_run": str(bench_run.path)} for r in manifest["artifacts"]]  # manifests did
+    io.write_json(art / "manifest.json", {**manifest, "artifacts": found + ghost})
     doc = runner.bench_artifacts(art, fast_config(n_boot=20, latency=fast_config().latency.__class__(
         batches=(1,), warmup=0, min_iters=2, budget_s=0.05, rounds=1)), progress=False)
     ghosts = [r for r in doc["rows"] if r["backbone"] == "mobilenetv2_100"]
@@ -166,13 +167,10 @@ def _tamper(art):
     return fp32, fp16
 
 
-def test_an_artifact_changed_after_export_is_a_failed_row_naming_both_hashes(clean_artifacts, tmp_path):
-    import shutil
-
+def test_an_artifact_changed_after_export_is_a_failed_row_naming_both_hashes(clean_artifacts, bench_run, tmp_path):
     from export.base import file_sha256
 
-    art = tmp_path / "art"
-    shutil.copytree(clean_artifacts, art)
+    art = copy_artifacts(clean_artifacts, tmp_path / "art", bench_run)
     recorded = {r["precision"]: r for r in json.loads((art / "manifest.json").read_text())["artifacts"]}
     fp32, fp16 = _tamper(art)
     lat = fast_config().latency.__class__(batches=(1,), warmup=0, min_iters=2, budget_s=0.05, rounds=1)
