@@ -353,7 +353,7 @@ def write_results_doc(results_dir: str | Path, out: str | Path, *, recipe: str, 
     from bench.results_file import portable, relocate, resolved, write_results
 
     results_dir, out = Path(results_dir), Path(out)
-    stored = _load(results_dir / "results.json")
+    stored = _results(results_dir)  # checked to be a benchmark's results.json
     doc = resolved(stored, results_dir)  # its paths are relative to its folder
     assets = out.parent / out.stem  # beside the page, named after it: docs/RESULTS.md -> docs/RESULTS/
     assets.mkdir(parents=True, exist_ok=True)
