@@ -329,12 +329,26 @@ def make_split(
             )
         sides = [s.side for s in samples]  # type: ignore[misc]
         ratios = tuple(round(sides.count(name) / len(sides), 6) for name in SIDES)  # type: ignore[assignment]
-    kind = "synthetic" if source.synthetic else ("csv" if source.kind == "csv" else "folder")
+    synthetic = source.synthetic or _synthetic_spec_of(source.root)
+    kind = "synthetic" if synthetic else ("csv" if source.kind == "csv" else "folder")
     root = source.root if kind == "folder" else os.path.dirname(source.root)
     entries = [SplitEntry(_posix_rel(s.path, root), s.label, s.patient, side) for s, side in zip(samples, sides)]
     skipped = [(_posix_rel(p, root), reason) for p, reason in source.skipped]
     return Split(entries, method, int(seed), tuple(ratios), source.root, skipped,  # type: ignore[arg-type]
-                 source_kind=kind, synthetic=dict(source.synthetic) if source.synthetic else None)
+                 source_kind=kind, synthetic=dict(synthetic) if synthetic else None)
+
+
+def _synthetic_spec_of(root: str) -> dict[str, Any] | None:
+    """The settings of a built-in synthetic set when ``root`` is its manifest.csv (its folder holds spec.json), so
+    that a split of it is recorded by name and settings however the set was given (``synthetic`` or the CSV)."""
+    folder = Path(root).parent
+    if Path(root).name != "manifest.csv" or not folder.name.startswith("synthetic-"):
+        return None
+    try:
+        spec = json.loads((folder / "spec.json").read_text())["spec"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return spec if isinstance(spec, dict) else None
 
 
 def audit(split: Split) -> list[str]:
