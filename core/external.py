@@ -89,7 +89,10 @@ def _artifact_scorer(record: dict[str, Any], folder: Path, device: str, threads:
         return f"{name}: {type(err).__name__}: {err}"
     artifact = {"format": record["format"], "precision": record["precision"], "path": str(folder / record["path"]),
                 "sha256": sha, "runtime": target.runtime}
-    return Scorer(name, load_run(record["source_run"]), float(record["threshold"]), predictor,
+    from core.io import recorded_path
+
+    run = load_run(recorded_path(record["source_run"], folder))  # relative to the manifest's folder
+    return Scorer(name, run, float(record["threshold"]), predictor,
                   f"{record['format']} {record['precision']} {sha[:16]}", artifact=artifact)
 
 

@@ -78,7 +78,7 @@ def recorded_path(path: str | Path, folder: str | Path) -> Path:
     """A path read from a record kept in ``folder``: relative to ``folder`` (absolute ones, as older records
     wrote them, as they are)."""
     p = Path(path)
-    return p if p.is_absolute() else Path(folder) / p
+    return p if p.is_absolute() else Path(os.path.normpath(Path(folder) / p))
 
 
 def append_jsonl(path: str | Path, obj: Any) -> None:
