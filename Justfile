@@ -36,6 +36,7 @@ setup-mobile: setup
 # with one torch thread, so the demo's weights do not depend on the machine's core count.
 # Last, the artifact `cxr-edge recommend` picks within 10 ms (ONNX or OpenVINO) is packaged into bundle/ and the
 # bundle's own predict.py runs on a few test images.
+# the main job on the synthetic set: train all seven, export, benchmark, print the summary, package the 10 ms pick
 demo: (train-all "jobs=" + demo_jobs "threads=1") (export "keep_going=1" "n_calibration=128" "jobs=" + demo_jobs) (bench "fast=1" "force=1") table (bundle "force=1")
 
 # train backbones with identical settings (data= size= epochs= backbones= out= jobs= threads=)
@@ -147,6 +148,7 @@ fidelity *args:
 # (median 2.5%); a CPU with cores to spare can pass threads=4 and so on.
 # real-data results -> docs/RESULTS.md: train all seven on Kermany, export, bench, Grad-CAM, report (data= size= epochs=
 # recipe=, one of `cxr-edge recipes`: baseline, strong-aug, equalize, smooth-ema, lean)
+# real-data results -> docs/RESULTS.md (data= size= epochs= recipe= device= weights=; details above)
 kermany *args:
     #!/usr/bin/env bash
     set -euo pipefail
@@ -187,6 +189,7 @@ kermany *args:
 # (constant), class-weighted BCE. Evaluated on the internal test side and printed beside the study's accuracy.
 # weights=FILE: ResNet-18 from a local timm ImageNet state dict; without it (no hub here) from scratch, said plainly.
 # On a CPU, shorter: `just seeds size=128 epochs_cnn=3 epochs_head=1 epochs_tune=2`.
+# the seed studies' two configurations on the Kermany images, beside their published figures (docs/seeds.md)
 seeds *args:
     #!/usr/bin/env bash
     set -euo pipefail
