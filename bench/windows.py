@@ -9,7 +9,8 @@ time:
   measured when it was loaded for scoring) stays within ``--max-memory-gb`` (:func:`plan_windows`);
 * every round visits every window, one after another (round 1: windows 1, 2 … k; round 2: k … 1, so the window
   that ends a round starts the next without a reload), and within a window the loaded artifacts and the speed
-  probe take turns in blocks as before (:func:`bench.latency.time_round`).
+  probe take turns in blocks as before (:func:`bench.latency.time_round`); with ``passes`` > 1 a round visits
+  every window that many times, each for its share of the round's blocks.
 
 So round r of every row still falls in the r-th part of the timing (the machine's drift over the minutes shows in
 each row's band as before), and each row's p50 relative to the probe (``b1_rel``) uses the probe timed in its
@@ -102,19 +103,22 @@ class Schedule:
 
     windows: list[list[int]]
     loads: int = 0
+    passes: int = 1
     probe: dict[tuple[int, int], list[int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"windows": len(self.windows), "largest_window": max((len(w) for w in self.windows), default=0),
-                "loads_for_timing": self.loads}
+                "passes_per_round": self.passes, "loads_for_timing": self.loads}
 
 
 def time_in_windows(waiting: list[Waiting], lat: latency.LatencyConfig, limit_mib: float, probe: bool,
-                    on_turn: Callable[[int, int, int], None] | None = None,
+                    passes: int = 1, on_turn: Callable[[int, int, int], None] | None = None,
                     on_load: Callable[[int], None] | None = None,
                     ) -> tuple[list[dict[int, list[list[int]]]], dict[int, tuple[BaseException, str]], Schedule]:
     """Time every waiting row in ``lat.rounds`` rounds, a window of loaded predictors at a time (module docstring),
-    with the speed probe (:class:`bench.latency.ProbePredictor`) in every window's turns when ``probe``.
+    with the speed probe (:class:`bench.latency.ProbePredictor`) in every window's turns when ``probe``. With
+    several windows each round is cut into ``passes`` (at most its blocks), each visiting every window for its share
+    of the blocks: more reloads, but each row's calls of a round spread over the whole round.
 
     Returns each row's ``{batch: [call nanoseconds per round]}``, ``{row index: (error, where)}`` for rows that
     failed to load or to run, and the :class:`Schedule`. ``on_load(index)`` is called before each load."""
@@ -123,27 +127,41 @@ def time_in_windows(waiting: list[Waiting], lat: latency.LatencyConfig, limit_mi
     errors: dict[int, tuple[BaseException, str]] = {}
     loaded: dict[int, Any] = {}
     prober = latency.ProbePredictor() if probe else None
+    passes = 1 if len(schedule.windows) == 1 else max(1, min(passes, lat.blocks))
+    schedule.passes = passes
+    visit = 0
     for r in range(lat.rounds):
-        order = range(len(schedule.windows)) if r % 2 == 0 else reversed(range(len(schedule.windows)))
-        for k in order:
-            members = _load_window(waiting, schedule.windows[k], loaded, errors, lat, schedule, on_load)
-            timed = [(loaded[i], waiting[i].target.sync, waiting[i].inputs) for i in members]
-            round_times = [times[i] for i in members]
-            if prober is not None:
-                timed.append((prober, None, np.zeros((1, 1), np.float32)))
-                round_times.append(latency.empty_times(lat))
-            round_errors: dict[int, tuple[BaseException, str]] = {}
-            latency.time_round(timed, lat, r, round_times, round_errors, on_turn)
-            for pos, err in round_errors.items():
-                if pos < len(members):
-                    errors[members[pos]] = err
-                    loaded.pop(members[pos], None)
-            if prober is not None and len(members) not in round_errors:
-                schedule.probe[(k, r)] = [ns for b in lat.batches for ns in round_times[-1][b][r]]
-            del timed  # no reference may outlive the window: the next window's loads come first
+        for p in range(passes):
+            blocks = range(p * lat.blocks // passes, (p + 1) * lat.blocks // passes)
+            order = range(len(schedule.windows)) if visit % 2 == 0 else reversed(range(len(schedule.windows)))
+            visit += 1
+            for k in order:
+                _time_window(k, r, blocks, waiting, schedule, loaded, times, errors, lat, prober, on_turn, on_load)
     loaded.clear()
     gc.collect()
     return times, errors, schedule
+
+
+def _time_window(k: int, r: int, blocks: range, waiting: list[Waiting], schedule: Schedule, loaded: dict[int, Any],
+                 times: list[dict[int, list[list[int]]]], errors: dict[int, tuple[BaseException, str]],
+                 lat: latency.LatencyConfig, prober: Any, on_turn: Callable[[int, int, int], None] | None,
+                 on_load: Callable[[int], None] | None) -> None:
+    """Load window ``k`` (releasing the others) and time ``blocks`` of round ``r`` across it and the probe."""
+    members = _load_window(waiting, schedule.windows[k], loaded, errors, lat, schedule, on_load)
+    timed = [(loaded[i], waiting[i].target.sync, waiting[i].inputs) for i in members]
+    round_times = [times[i] for i in members]
+    if prober is not None:
+        timed.append((prober, None, np.zeros((1, 1), np.float32)))
+        round_times.append(latency.empty_times(lat))
+    round_errors: dict[int, tuple[BaseException, str]] = {}
+    latency.time_round(timed, lat, r, round_times, round_errors, on_turn, blocks)
+    del timed  # no reference may outlive the window: the next window's loads come first
+    for pos, err in round_errors.items():
+        if pos < len(members):
+            errors[members[pos]] = err
+            loaded.pop(members[pos], None)
+    if prober is not None and len(members) not in round_errors:
+        schedule.probe.setdefault((k, r), []).extend(ns for b in lat.batches for ns in round_times[-1][b][r])
 
 
 def _load_window(waiting: list[Waiting], window: list[int], loaded: dict[int, Any],

@@ -75,23 +75,48 @@ def test_windows_hold_at_most_the_limit_and_every_round_visits_every_window(coun
     visits: list[tuple[int, list[str]]] = []
     real = windows.latency.time_round
 
-    def logged(predictors, lat, r, times, errors, on_turn=None):
+    def logged(predictors, lat, r, times, errors, on_turn=None, blocks=None):
         visits.append((r, [getattr(p, "name", "probe") for p, _, _ in predictors]))
         counted.calls.clear()
-        real(predictors, lat, r, times, errors, on_turn)
+        real(predictors, lat, r, times, errors, on_turn, blocks)
         turns.append(list(counted.calls))
 
     turns: list[list[tuple[str, int]]] = []
     monkeypatch.setattr(windows.latency, "time_round", logged)
     waiting = _waiting(5, 100.0)
     rows = [w.row for w in waiting]
-    probe = runner._time_interleaved(waiting, fast_config(latency=lat, max_memory_gb=0.25), None, "all")
+    probe = runner._time_interleaved(waiting, fast_config(latency=lat, max_memory_gb=0.25, window_passes=1), None,
+                                     "all")
     assert counted.most == 2 and counted.alive == 0
     w0, w1, w2 = ["a0", "a1", "probe"], ["a2", "a3", "probe"], ["a4", "probe"]
     assert visits == [(0, w0), (0, w1), (0, w2), (1, w2), (1, w1), (1, w0), (2, w0), (2, w1), (2, w2)]
-    assert probe["schedule"] == {"windows": 3, "largest_window": 2, "loads_for_timing": 5 + 4 + 3, "limit_mib": 256}
+    assert probe["schedule"] == {"windows": 3, "largest_window": 2, "passes_per_round": 1, "loads_for_timing": 5 + 4 + 3,
+                                 "limit_mib": 256}
     assert all(r["status"] == "ok" and r["b1_iters"] == 9 and r["b1_rel"] > 0 for r in rows)
     assert [n for n, _ in turns[0]] == ["a0", "a1"] * 3  # one call each per block, in turns
+
+
+def test_passes_spread_each_round_of_a_row_over_the_whole_round(counted, monkeypatch):
+    """With passes, a round visits every window once per pass, each time for its share of the round's blocks, so a
+    row's calls of one round are spread over the round instead of bunched into one visit."""
+    lat = LatencyConfig(batches=(1,), warmup=1, min_iters=3, max_iters=3, budget_s=0.03, rounds=2, block_s=0.005)
+    assert lat.blocks == 3
+    visits: list[tuple[int, str, list[int]]] = []
+    real = windows.latency.time_round
+
+    def logged(predictors, lat, r, times, errors, on_turn=None, blocks=None):
+        visits.append((r, predictors[0][0].name, list(blocks)))
+        real(predictors, lat, r, times, errors, on_turn, blocks)
+
+    monkeypatch.setattr(windows.latency, "time_round", logged)
+    waiting = _waiting(2, 100.0)
+    rows = [w.row for w in waiting]
+    probe = runner._time_interleaved(waiting, fast_config(latency=lat, max_memory_gb=0.15, window_passes=5), None,
+                                     "all")
+    assert visits == [(0, "a0", [0]), (0, "a1", [0]), (0, "a1", [1]), (0, "a0", [1]), (0, "a0", [2]), (0, "a1", [2]),
+                      (1, "a1", [0]), (1, "a0", [0]), (1, "a0", [1]), (1, "a1", [1]), (1, "a1", [2]), (1, "a0", [2])]
+    assert probe["schedule"]["passes_per_round"] == 3 and probe["schedule"]["loads_for_timing"] == 12 - 5
+    assert all(r["status"] == "ok" and r["b1_iters"] == 6 for r in rows) and counted.most == 1
 
 
 def test_one_window_when_everything_fits_loads_each_row_once(counted):
@@ -139,4 +164,5 @@ def test_real_artifacts_in_windows_of_one_stay_ok_with_memory_recorded(clean_art
     mem = doc["memory"]
     assert mem["max_memory_gb"] == 1e-4 and mem["peak_rss_mib"] >= max(r["rss_mib_after_load"] for r in rows)
     assert doc["environment"]["settings"]["max_memory_gb"] == 1e-4
-    assert mem["timing"] == [{"windows": 4, "largest_window": 1, "loads_for_timing": 4 + 3 * 1, "limit_mib": 0}]
+    assert mem["timing"] == [{"windows": 4, "largest_window": 1, "passes_per_round": 2, "loads_for_timing": 4 + 3 * 3,
+                              "limit_mib": 0}]
