@@ -35,7 +35,7 @@ class BenchConfig:
     # GB of artifacts loaded at once for the timing (bench.windows); None: a share of this machine's memory
     max_memory_gb: float | None = None
     # with several windows, how many times a round visits every window (each for its share of the blocks)
-    window_passes: int = 4
+    window_passes: int = 1
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:

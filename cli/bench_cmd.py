@@ -45,7 +45,7 @@ def bench(
     window_passes: Annotated[int, typer.Option("--window-passes", min=1, help="When the artifacts need several "
                                                "windows: how many times each round visits every window (each for "
                                                "its share of the round's blocks; more reloads, each row's calls "
-                                               "spread wider over the round).")] = 4,
+                                               "spread wider over the round).")] = 1,
     threads: Annotated[int | None, typer.Option("--threads", min=1,
                                                 help="CPU threads for torch, onnxruntime (intra-op) "
                                                 "and OpenVINO. Default: torch's (all cores).")] = None,
