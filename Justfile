@@ -74,13 +74,15 @@ audit *args:
     source tools/recipe-args.sh "out" "$@"
     {{bin}}/cxr-edge data audit "$out/split.json"
 
-# accuracy, latency and cost of every artifact (artifacts= device=cpu|cuda out=results/<device> fast=1 force=1 threads=)
+# accuracy, latency and cost of every artifact (artifacts= device=cpu|cuda out=results/<device> fast=1 force=1 threads=
+# max_memory_gb=)
 bench *args:
     #!/usr/bin/env bash
     set -euo pipefail
-    artifacts=artifacts device=cpu out= fast=0 force=0 threads= compile=0 backbones=
-    source tools/recipe-args.sh "artifacts device out fast force threads compile backbones" "$@"
+    artifacts=artifacts device=cpu out= fast=0 force=0 threads= compile=0 backbones= max_memory_gb=
+    source tools/recipe-args.sh "artifacts device out fast force threads compile backbones max_memory_gb" "$@"
     flags=()
+    [ -n "$max_memory_gb" ] && flags+=(--max-memory-gb "$max_memory_gb")
     [ "$fast" = 1 ] && flags+=({{bench_fast}})
     [ "$force" = 1 ] && flags+=(--force)
     [ "$compile" = 1 ] && flags+=(--compile)

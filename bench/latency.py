@@ -173,13 +173,14 @@ def empty_times(lat: LatencyConfig) -> dict[int, list[list[int]]]:
 
 def time_round(predictors: list[tuple[Any, Callable[[], None] | None, np.ndarray]], lat: LatencyConfig, r: int,
                times: list[dict[int, list[list[int]]]], errors: dict[int, tuple[BaseException, str]],
-               on_turn: Callable[[int, int, int], None] | None = None) -> None:
-    """Round ``r`` of ``lat.blocks`` blocks: block ``j`` of every predictor before block ``j + 1`` of any, each
-    block bringing its (batch, round) up to its :meth:`LatencyConfig.quota`; call times go to ``times[i][batch]
-    [r]``. After a predictor's block with calls, wait its ``settle_s`` (onnxruntime's spinning threads). A
-    predictor that raises is entered in ``errors`` and not timed further; one already there is passed over."""
+               on_turn: Callable[[int, int, int], None] | None = None, blocks: range | None = None) -> None:
+    """Round ``r`` of ``lat.blocks`` blocks (or only the ``blocks`` given): block ``j`` of every predictor before
+    block ``j + 1`` of any, each block bringing its (batch, round) up to its :meth:`LatencyConfig.quota`; call
+    times go to ``times[i][batch][r]``. After a predictor's block with calls, wait its ``settle_s`` (onnxruntime's
+    spinning threads). A predictor that raises is entered in ``errors`` and not timed further; one already there is
+    passed over."""
     batches = [{b: make_batch(inputs, b) for b in lat.batches} for _, _, inputs in predictors]
-    for j in range(lat.blocks):
+    for j in blocks if blocks is not None else range(lat.blocks):
         seconds, fewest, most = lat.quota(j)
         for i, (predictor, sync, _) in enumerate(predictors):
             if i in errors:

@@ -407,14 +407,15 @@ def _time_interleaved(waiting: list[windows.Waiting], config: BenchConfig, bar, 
     lat = config.latency
     limit_mib = config.memory_limit_gb * 1024
     plan = windows.plan_windows([w.mib for w in waiting], limit_mib)
-    task = bar.add_task(f"timing {label}", total=(len(waiting) + len(plan)) * lat.rounds) if bar else None
+    task = bar.add_task(f"timing {label}", total=(len(waiting) + len(plan)) * lat.rounds) if bar else None  # probe
 
     def turn(j: int, r: int, i: int) -> None:
         _advance(bar, task, f"timing {label}: round {r + 1}/{lat.rounds}, block {j + 1}/{lat.blocks}",
                  1 / lat.blocks)
 
     cpu = config.device == "cpu"
-    times, errors, schedule = windows.time_in_windows(waiting, lat, limit_mib, probe=cpu, on_turn=turn)
+    times, errors, schedule = windows.time_in_windows(waiting, lat, limit_mib, probe=cpu,
+                                                      passes=config.window_passes, on_turn=turn)
     where = {i: k for k, members in enumerate(schedule.windows) for i in members}
     for i, w in enumerate(waiting):
         if w.mib > limit_mib:

@@ -34,6 +34,8 @@ class BenchConfig:
     skip_bad: bool = False  # skip test images found unreadable now (those a run recorded are always left out)
     # GB of artifacts loaded at once for the timing (bench.windows); None: a share of this machine's memory
     max_memory_gb: float | None = None
+    # with several windows, how many times a round visits every window (each for its share of the blocks)
+    window_passes: int = 1
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -44,6 +46,8 @@ class BenchConfig:
             raise ValueError(f"interleave={self.interleave!r} must be one of {', '.join(INTERLEAVE)}")
         if self.max_memory_gb is not None and not self.max_memory_gb > 0:
             raise ValueError(f"max_memory_gb={self.max_memory_gb} must be > 0 GB (e.g. 2)")
+        if self.window_passes < 1:
+            raise ValueError(f"window_passes={self.window_passes} must be >= 1 (e.g. 4)")
         if self.n_boot < 1:
             raise ValueError(f"n_boot={self.n_boot} must be >= 1 (1000 is usual)")
         if self.device == "cuda":
@@ -79,7 +83,7 @@ def method_text(config: BenchConfig, threads: int) -> str:
             f"blocks that take turns across "
             + ("all artifacts of all backbones" if config.interleave == "all" else "the artifacts of a backbone")
             + f" (reloaded a window at a time, at most {config.memory_limit_gb:g} GB of them loaded at once, "
-            "every round visiting every window)"
+            f"every round visiting every window up to {config.window_passes} times)"
             + (" and the speed probe (" + latency.PROBE_WORKLOAD.split(", median")[0] + ")"
                if config.device == "cpu" else "")
             + " "

@@ -5,11 +5,13 @@ turns, so that every row was timed in the same minutes of the machine. On the de
 15.6 GB of resident memory. Here the scored predictors are released, and the timing reloads them a window at a
 time:
 
-* the rows are packed, in order, into windows whose summed resident memory (each row's ``peak_mem_mib``,
-  measured when it was loaded for scoring) stays within ``--max-memory-gb`` (:func:`plan_windows`);
+* the rows are packed into windows whose summed resident memory (each row's ``peak_mem_mib``, measured when it
+  was loaded for scoring) stays within ``--max-memory-gb`` (:func:`plan_windows`): the smallest rows, up to half
+  the limit, stay loaded in every window (most of the demo's rows), the larger ones take turns in the rest;
 * every round visits every window, one after another (round 1: windows 1, 2 … k; round 2: k … 1, so the window
   that ends a round starts the next without a reload), and within a window the loaded artifacts and the speed
-  probe take turns in blocks as before (:func:`bench.latency.time_round`).
+  probe take turns in blocks as before (:func:`bench.latency.time_round`); with ``passes`` > 1 a round visits
+  every window that many times, each for its share of the round's blocks.
 
 So round r of every row still falls in the r-th part of the timing (the machine's drift over the minutes shows in
 each row's band as before), and each row's p50 relative to the probe (``b1_rel``) uses the probe timed in its
@@ -34,6 +36,8 @@ from bench import latency
 DEFAULT_SHARE = 0.25
 #: … but never more than this, so that `just demo` stays within 4 GB of resident memory on any machine.
 DEFAULT_CAP_GB = 2.0
+#: When the rows need several windows, the smallest that fit into this share of the limit stay loaded throughout.
+RESIDENT_SHARE = 0.5
 
 
 def total_memory_gb() -> float | None:
@@ -58,18 +62,35 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def plan_windows(sizes_mib: list[float | None], limit_mib: float) -> list[list[int]]:
-    """Indices of ``sizes_mib`` packed in order into windows whose sizes add up to at most ``limit_mib``; an item
-    larger than the limit gets a window of its own; an unknown size counts as 0."""
-    windows: list[list[int]] = []
+def plan_windows(sizes_mib: list[float | None], limit_mib: float, resident_share: float = RESIDENT_SHARE
+                 ) -> list[list[int]]:
+    """Windows of indices into ``sizes_mib`` whose sizes add up to at most ``limit_mib`` (an unknown size counts as
+    0). When all fit, one window. Otherwise the smallest items that fit into ``resident_share`` of the limit stay
+    loaded throughout (they are in every window: never reloaded, timed as if all were loaded), and the others are
+    packed in order into the rest of the limit, one chunk per window; an item larger than that gets a chunk of its
+    own."""
+    sizes = [max(0.0, s or 0.0) for s in sizes_mib]
+    if sum(sizes) <= limit_mib:
+        return [list(range(len(sizes)))] if sizes else []
+    resident: list[int] = []
     used = 0.0
-    for i, size in enumerate(sizes_mib):
-        size = max(0.0, size or 0.0)
-        if not windows or used + size > limit_mib:
-            windows.append([])
-            used = 0.0
-        windows[-1].append(i)
-        used += size
+    for i in sorted(range(len(sizes)), key=lambda i: (sizes[i], i)):
+        if used + sizes[i] > resident_share * limit_mib:
+            break
+        resident.append(i)
+        used += sizes[i]
+    chunks: list[list[int]] = []
+    room, filled = limit_mib - used, 0.0
+    for i in (i for i in range(len(sizes)) if i not in set(resident)):
+        if not chunks or filled + sizes[i] > room:
+            chunks.append([])
+            filled = 0.0
+        chunks[-1].append(i)
+        filled += sizes[i]
+    # an item too large for the room left beside the resident ones is timed alone (they are reloaded after it)
+    windows = [chunk if len(chunk) == 1 and sizes[chunk[0]] > room else sorted(resident + chunk) for chunk in chunks]
+    if resident and not any(resident[0] in w for w in windows):
+        windows.insert(0, sorted(resident))
     return windows
 
 
@@ -102,19 +123,24 @@ class Schedule:
 
     windows: list[list[int]]
     loads: int = 0
+    passes: int = 1
     probe: dict[tuple[int, int], list[int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        always = set.intersection(*map(set, self.windows)) if len(self.windows) > 1 else set()
         return {"windows": len(self.windows), "largest_window": max((len(w) for w in self.windows), default=0),
-                "loads_for_timing": self.loads}
+                "loaded_throughout": len(always),
+                "passes_per_round": self.passes, "loads_for_timing": self.loads}
 
 
 def time_in_windows(waiting: list[Waiting], lat: latency.LatencyConfig, limit_mib: float, probe: bool,
-                    on_turn: Callable[[int, int, int], None] | None = None,
+                    passes: int = 1, on_turn: Callable[[int, int, int], None] | None = None,
                     on_load: Callable[[int], None] | None = None,
                     ) -> tuple[list[dict[int, list[list[int]]]], dict[int, tuple[BaseException, str]], Schedule]:
     """Time every waiting row in ``lat.rounds`` rounds, a window of loaded predictors at a time (module docstring),
-    with the speed probe (:class:`bench.latency.ProbePredictor`) in every window's turns when ``probe``.
+    with the speed probe (:class:`bench.latency.ProbePredictor`) in every window's turns when ``probe``. With
+    several windows each round is cut into ``passes`` (at most its blocks), each visiting every window for its share
+    of the blocks: more reloads, but each row's calls of a round spread over the whole round.
 
     Returns each row's ``{batch: [call nanoseconds per round]}``, ``{row index: (error, where)}`` for rows that
     failed to load or to run, and the :class:`Schedule`. ``on_load(index)`` is called before each load."""
@@ -123,27 +149,41 @@ def time_in_windows(waiting: list[Waiting], lat: latency.LatencyConfig, limit_mi
     errors: dict[int, tuple[BaseException, str]] = {}
     loaded: dict[int, Any] = {}
     prober = latency.ProbePredictor() if probe else None
+    passes = 1 if len(schedule.windows) == 1 else max(1, min(passes, lat.blocks))
+    schedule.passes = passes
+    visit = 0
     for r in range(lat.rounds):
-        order = range(len(schedule.windows)) if r % 2 == 0 else reversed(range(len(schedule.windows)))
-        for k in order:
-            members = _load_window(waiting, schedule.windows[k], loaded, errors, lat, schedule, on_load)
-            timed = [(loaded[i], waiting[i].target.sync, waiting[i].inputs) for i in members]
-            round_times = [times[i] for i in members]
-            if prober is not None:
-                timed.append((prober, None, np.zeros((1, 1), np.float32)))
-                round_times.append(latency.empty_times(lat))
-            round_errors: dict[int, tuple[BaseException, str]] = {}
-            latency.time_round(timed, lat, r, round_times, round_errors, on_turn)
-            for pos, err in round_errors.items():
-                if pos < len(members):
-                    errors[members[pos]] = err
-                    loaded.pop(members[pos], None)
-            if prober is not None and len(members) not in round_errors:
-                schedule.probe[(k, r)] = [ns for b in lat.batches for ns in round_times[-1][b][r]]
-            del timed  # no reference may outlive the window: the next window's loads come first
+        for p in range(passes):
+            blocks = range(p * lat.blocks // passes, (p + 1) * lat.blocks // passes)
+            order = range(len(schedule.windows)) if visit % 2 == 0 else reversed(range(len(schedule.windows)))
+            visit += 1
+            for k in order:
+                _time_window(k, r, blocks, waiting, schedule, loaded, times, errors, lat, prober, on_turn, on_load)
     loaded.clear()
     gc.collect()
     return times, errors, schedule
+
+
+def _time_window(k: int, r: int, blocks: range, waiting: list[Waiting], schedule: Schedule, loaded: dict[int, Any],
+                 times: list[dict[int, list[list[int]]]], errors: dict[int, tuple[BaseException, str]],
+                 lat: latency.LatencyConfig, prober: Any, on_turn: Callable[[int, int, int], None] | None,
+                 on_load: Callable[[int], None] | None) -> None:
+    """Load window ``k`` (releasing the others) and time ``blocks`` of round ``r`` across it and the probe."""
+    members = _load_window(waiting, schedule.windows[k], loaded, errors, lat, schedule, on_load)
+    timed = [(loaded[i], waiting[i].target.sync, waiting[i].inputs) for i in members]
+    round_times = [times[i] for i in members]
+    if prober is not None:
+        timed.append((prober, None, np.zeros((1, 1), np.float32)))
+        round_times.append(latency.empty_times(lat))
+    round_errors: dict[int, tuple[BaseException, str]] = {}
+    latency.time_round(timed, lat, r, round_times, round_errors, on_turn, blocks)
+    del timed  # no reference may outlive the window: the next window's loads come first
+    for pos, err in round_errors.items():
+        if pos < len(members):
+            errors[members[pos]] = err
+            loaded.pop(members[pos], None)
+    if prober is not None and len(members) not in round_errors:
+        schedule.probe.setdefault((k, r), []).extend(ns for b in lat.batches for ns in round_times[-1][b][r])
 
 
 def _load_window(waiting: list[Waiting], window: list[int], loaded: dict[int, Any],

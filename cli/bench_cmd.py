@@ -42,6 +42,10 @@ def bench(
                                                         "at once while timing: they are timed in turns a window "
                                                         "at a time within it. Default: 25% of this machine's "
                                                         "memory, at most 2.")] = None,
+    window_passes: Annotated[int, typer.Option("--window-passes", min=1, help="When the artifacts need several "
+                                               "windows: how many times each round visits every window (each for "
+                                               "its share of the round's blocks; more reloads, each row's calls "
+                                               "spread wider over the round).")] = 1,
     threads: Annotated[int | None, typer.Option("--threads", min=1,
                                                 help="CPU threads for torch, onnxruntime (intra-op) "
                                                 "and OpenVINO. Default: torch's (all cores).")] = None,
@@ -81,7 +85,7 @@ def bench(
                                                block_s=block_s),
                          backbones=tuple(b.strip() for b in backbones.split(",") if b.strip()) if backbones else (),
                          runs_dir=str(runs) if runs else None, interleave=interleave, skip_bad=skip_bad,
-                         max_memory_gb=max_memory_gb)
+                         max_memory_gb=max_memory_gb, window_passes=window_passes)
     out_dir = out_dir or Path("results") / device
     check_out(out_dir, force)
     hook = fidelity_hook.explanation_fidelity
