@@ -10,9 +10,9 @@ against its sha256 there first. One row per image: path, probability of PNEUMONI
 the threshold, the model's id, and the error of a file that could not be read (the others go on; exit status 1
 when any failed). The same rows as `cxr-edge predict` on the same artifact.
 
-Images are prepared as the model was trained: 8-bit grayscale (images deeper than 8 bits and DICOM min-max
-scaled, DICOM MONOCHROME1 inverted), resized to the model's size (bilinear, aspect ratio not kept), repeated to
-its channels (histogram-equalised first when model.json's preprocessing says so), scaled to [0, 1] and
+Images are prepared as the model was trained: 8-bit grayscale (images deeper than 8 bits by their bit depth,
+16-bit as v / 257; DICOM through its own VOI LUT or window, else its BitsStored; MONOCHROME1 inverted),
+resized to the model's size (bilinear, aspect ratio not kept), repeated to its channels (histogram-equalised first when model.json's preprocessing says so), scaled to [0, 1] and
 normalised with its mean and std.
 """
 
@@ -45,12 +45,70 @@ class BadImage(ValueError):
 # ----------------------------------------------------------------------------------------- images
 
 
-def _to_uint8(arr: np.ndarray) -> np.ndarray:
+# The bit-depth rules of cxr-edge's core/data.py, copied so that this file needs no cxr-edge: deeper data is
+# mapped by its bit depth, never stretched per image.
+def _scale_to_uint8(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Map the fixed range ``lo..hi`` (not the image's own extremes) linearly onto 0..255, clipping outside it."""
     arr = np.asarray(arr, dtype=np.float64)
-    lo, hi = float(arr.min()), float(arr.max())
     if hi <= lo:
-        return np.zeros(arr.shape, np.uint8)
-    return np.round((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+        raise ValueError(f"the value range {lo}..{hi} is empty")
+    return np.round(np.clip((arr - lo) * (255.0 / (hi - lo)), 0, 255)).astype(np.uint8)
+
+
+def _wide_range(arr: np.ndarray) -> tuple[float, float]:
+    """Range of a 32-bit integer or float image: the smallest standard one that holds its values (negatives are
+    clipped to 0): 0..1 for floats at most 1, then 0..255, 0..65535 and 0..2**32-1."""
+    top = float(np.max(arr)) if arr.size else 0.0
+    if arr.dtype.kind == "f" and top <= 1.0:
+        return 0.0, 1.0
+    for hi in (255, 65535):
+        if top <= hi:
+            return 0.0, float(hi)
+    return 0.0, float(2**32 - 1)
+
+
+def _stored_range(ds) -> tuple[float, float]:
+    """The range of values the modality LUT can output, from the stored bit depth (PS3.3 C.11.1, C.11.2.1.2)."""
+    if ds.get("ModalityLUTSequence"):
+        return 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
+    bits = int(getattr(ds, "BitsStored", 0) or getattr(ds, "BitsAllocated", 8))
+    lo, hi = (0, 2**bits - 1) if int(getattr(ds, "PixelRepresentation", 0) or 0) == 0 else \
+        (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    if slope is not None and intercept is not None:
+        ends = sorted((lo * float(slope) + float(intercept), hi * float(slope) + float(intercept)))
+        return ends[0], ends[1]
+    return float(lo), float(hi)
+
+
+def _voi_range(ds) -> tuple[float, float] | None:
+    """The output range of the data set's VOI LUT or window (what ``apply_voi_lut`` maps onto), or None."""
+    voi = ds.get("VOILUTSequence")
+    if voi and voi[0].get("LUTDescriptor") is not None and voi[0].get("LUTData") is not None:
+        descriptor = voi[0].LUTDescriptor
+        return 0.0, float(2 ** int(descriptor[2]) - 1)
+    if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+        return _stored_range(ds)
+    return None
+
+
+def _dicom_gray(ds, arr: np.ndarray) -> np.ndarray:
+    """A monochrome DICOM frame -> uint8: its own VOI LUT or window when present, else its stored bit depth."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    arr = apply_modality_lut(arr, ds)  # rescale slope/intercept or modality LUT, if present
+    voi = _voi_range(ds)
+    if voi is not None:
+        return _scale_to_uint8(apply_voi_lut(arr, ds), *voi)
+    return _scale_to_uint8(arr, *_stored_range(ds))
+
+
+def _deep_to_gray(img: Image.Image) -> Image.Image:
+    """A PIL image deeper than 8 bits -> mode ``L`` by its bit depth (module docstring), never by its extremes."""
+    arr = np.array(img)
+    if img.mode.startswith("I;16"):
+        return Image.fromarray(_scale_to_uint8(arr, 0.0, 65535.0), mode="L")  # v / 257: 257 * k -> k exactly
+    return Image.fromarray(_scale_to_uint8(np.maximum(arr, 0), *_wide_range(arr)), mode="L")
 
 
 def _is_dicom(path: Path) -> bool:
@@ -63,7 +121,6 @@ def _is_dicom(path: Path) -> bool:
 def _decode_dicom(path: Path) -> Image.Image:
     try:
         import pydicom
-        from pydicom.pixels import apply_modality_lut
     except ImportError:
         raise BadImage(f"{path} is DICOM: pip install pydicom to read it") from None
     try:
@@ -74,13 +131,15 @@ def _decode_dicom(path: Path) -> Image.Image:
             arr = arr[0]
         if color:
             arr = arr[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-        else:
-            arr = apply_modality_lut(arr, ds)
     except Exception as err:
         raise BadImage(f"cannot decode DICOM {path}: {err}") from err
     if arr.ndim != 2:
         raise BadImage(f"DICOM {path} has pixel data of shape {arr.shape}, not one 2-D image")
-    out = _to_uint8(arr)
+    try:
+        out = _scale_to_uint8(arr, 0.0, float(2 ** int(getattr(ds, "BitsStored", 8) or 8) - 1)) if color \
+            else _dicom_gray(ds, arr)
+    except Exception as err:  # a window or LUT pydicom cannot apply (e.g. width 0)
+        raise BadImage(f"cannot decode DICOM {path}: {err}") from err
     if not color and str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         out = 255 - out
     return Image.fromarray(out, mode="L")
@@ -100,7 +159,7 @@ def decode(path: Path) -> Image.Image:
             if img.mode == "L":
                 return img.copy()
             if img.mode.startswith("I") or img.mode == "F":
-                return Image.fromarray(_to_uint8(np.array(img)), mode="L")
+                return _deep_to_gray(img)
             return img.convert("L")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise BadImage(f"cannot decode {path}: corrupt or not an image ({err})") from err

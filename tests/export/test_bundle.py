@@ -207,3 +207,17 @@ def test_standalone_preparation_equals_the_project_preprocessing(equalize):
     pre = Preprocess(size=48, equalize=equalize)
     img = Image.fromarray(np.random.default_rng(1).integers(40, 140, (90, 70), dtype=np.uint8), mode="L")
     np.testing.assert_array_equal(bundle_predict.prepare(img, pre.to_dict()), pre.image_to_uint8(img))
+
+
+def test_standalone_decoding_follows_the_bit_depth_rules(tmp_path):
+    """A 16-bit PNG and a DICOM without a window decode in predict.py exactly as in the project."""
+    from PIL import Image
+
+    from core.data import decode_image
+    from export import bundle_predict
+
+    arr = (np.random.default_rng(2).integers(60, 160, (20, 30)) * 257).astype(np.uint16)
+    png = tmp_path / "deep.png"
+    Image.fromarray(arr).save(png)
+    np.testing.assert_array_equal(np.asarray(bundle_predict.decode(png)), np.asarray(decode_image(png)))
+    assert np.asarray(decode_image(png)).min() >= 60  # by bit depth, not stretched to 0..255
