@@ -12,8 +12,8 @@ when any failed). The same rows as `cxr-edge predict` on the same artifact.
 
 Images are prepared as the model was trained: 8-bit grayscale (images deeper than 8 bits by their bit depth,
 16-bit as v / 257; DICOM through its own VOI LUT or window, else its BitsStored; MONOCHROME1 inverted),
-resized to the model's size (bilinear, aspect ratio not kept), repeated to its channels (histogram-equalised first when model.json's preprocessing says so), scaled to [0, 1] and
-normalised with its mean and std.
+resized to the model's size (bilinear, aspect ratio not kept), histogram-equalised when model.json's
+preprocessing says so, repeated to its channels, scaled to [0, 1] and normalised with its mean and std.
 """
 
 from __future__ import annotations
