@@ -127,7 +127,8 @@ class Schedule:
     probe: dict[tuple[int, int], list[int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        always = set.intersection(*map(set, self.windows)) if len(self.windows) > 1 else set()
+        shared = [set(w) for w in self.windows if len(w) > 1]  # a lone large row's window is left aside
+        always = set.intersection(*shared) if len(self.windows) > 1 and len(shared) > 1 else set()
         return {"windows": len(self.windows), "largest_window": max((len(w) for w in self.windows), default=0),
                 "loaded_throughout": len(always),
                 "passes_per_round": self.passes, "loads_for_timing": self.loads}
